@@ -1,0 +1,42 @@
+"""ragkit: learn and measure cross-encoder reranking on top of a LangChain + Chroma retriever.
+
+The public names, re-exported from the module that holds each one.
+"""
+
+import logging
+
+from ragkit.errors import DeviceNotAvailableError, ModelNotFoundError, RagkitError
+from ragkit.loaders import (
+    CachedLoader,
+    CachedModel,
+    EmbeddingsFunction,
+    HuggingFaceEmbeddingsLoader,
+    HuggingFaceRerankerLoader,
+    cached_models,
+    clear_cache,
+)
+from ragkit.models import CATALOGUE, ModelInfo, available_models, get_model, model_revision
+
+# A library leaves handler configuration to the application; this keeps Python from
+# printing "No handlers could be found" while still letting `logging.basicConfig` show ours.
+logging.getLogger("ragkit").addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CATALOGUE",
+    "CachedLoader",
+    "CachedModel",
+    "DeviceNotAvailableError",
+    "EmbeddingsFunction",
+    "HuggingFaceEmbeddingsLoader",
+    "HuggingFaceRerankerLoader",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "RagkitError",
+    "available_models",
+    "cached_models",
+    "clear_cache",
+    "get_model",
+    "model_revision",
+]

