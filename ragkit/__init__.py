@@ -5,7 +5,8 @@ The public names, re-exported from the module that holds each one.
 
 import logging
 
-from ragkit.errors import DeviceNotAvailableError, ModelNotFoundError, RagkitError
+from ragkit.data import BeirCollection, load_beir, make_subset
+from ragkit.errors import DataError, DeviceNotAvailableError, ModelNotFoundError, RagkitError
 from ragkit.loaders import (
     CachedLoader,
     CachedModel,
@@ -24,9 +25,11 @@ logging.getLogger("ragkit").addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "BeirCollection",
     "CATALOGUE",
     "CachedLoader",
     "CachedModel",
+    "DataError",
     "DeviceNotAvailableError",
     "EmbeddingsFunction",
     "HuggingFaceEmbeddingsLoader",
@@ -38,5 +41,7 @@ __all__ = [
     "cached_models",
     "clear_cache",
     "get_model",
+    "load_beir",
+    "make_subset",
     "model_revision",
 ]

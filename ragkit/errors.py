@@ -12,3 +12,9 @@ class ModelNotFoundError(RagkitError):
 
 class DeviceNotAvailableError(RagkitError):
     """A device (``cuda``, ``cuda:1``, ``mps``) that this machine does not have."""
+
+
+class DataError(RagkitError):
+    """A collection that is missing, malformed, fails its checksum or cannot be downloaded.
+
+    The message names the file (and line) at fault, what was expected and how to fix it."""
