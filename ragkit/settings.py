@@ -66,9 +66,7 @@ LATENCY_QUERIES = 10  # queries timed one at a time, uncached, for per-stage p50
 N_RESAMPLES = 10_000  # permutations and bootstrap samples for significance and CIs
 SIGNIFICANCE_LEVEL = 0.05
 
-# Retrieval and reranking. Reranking costs one cross-encoder pass per (query, candidate) pair,
-# so the candidate count is kept CPU-friendly; BEIR's paper reranks the top 100.
-DEFAULT_RERANK_K = 20  # first-stage candidates handed to the reranker
+# Retrieval and reranking (DEFAULT_RERANK_K, the candidates a reranker sees, is above).
 DEFAULT_TOP_N = 10  # documents the reranker returns (nDCG@10 reads ten)
 CHUNK_SIZE = 400  # characters per chunk when long documents are split (the design's tutorial)
 CHUNK_OVERLAP = 50

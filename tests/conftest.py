@@ -24,11 +24,15 @@ _WORDS = (
 ).split()
 
 
-def _write_vocab(folder: Path) -> None:
+def _tiny_tokenizer():
+    """A WordPiece tokenizer over a few words and single characters, so any text tokenizes
+    into real ids (transformers 5 wants the vocabulary itself, not a file name)."""
+    from transformers import BertTokenizerFast
+
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *string.digits,
               *string.punctuation, *(f"##{c}" for c in string.ascii_lowercase + string.digits), *_WORDS]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(tokens)) + "\n")
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    return BertTokenizerFast(vocab=vocab, model_max_length=128)
 
 
 def _tiny_bert_config(vocab_size: int, num_labels: int = 1):
@@ -43,13 +47,13 @@ def tiny_embedder_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A random-weight 2-layer BERT saved as a sentence-transformers folder (mean pooling)."""
     import torch
     from sentence_transformers import SentenceTransformer, models
-    from transformers import BertModel, BertTokenizerFast
+    from transformers import BertModel
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-embedder")
     raw = folder / "raw"
-    _write_vocab(raw)
-    tokenizer = BertTokenizerFast(vocab_file=str(raw / "vocab.txt"), model_max_length=128)
+    tokenizer = _tiny_tokenizer()
+    assert tokenizer.convert_tokens_to_ids("reranking") != tokenizer.unk_token_id
     BertModel(_tiny_bert_config(tokenizer.vocab_size)).save_pretrained(raw)
     tokenizer.save_pretrained(raw)
     word = models.Transformer(str(raw), max_seq_length=128)
@@ -63,12 +67,11 @@ def tiny_embedder_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 def tiny_cross_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A random-weight 2-layer BERT with one output label, loadable by ``CrossEncoder``."""
     import torch
-    from transformers import BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-cross-encoder")
-    _write_vocab(folder)
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=128)
+    tokenizer = _tiny_tokenizer()
     BertForSequenceClassification(_tiny_bert_config(tokenizer.vocab_size)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)

@@ -1,0 +1,318 @@
+"""Reranking with a cross-encoder: scores kept, truncation counted, and a plain-transformers
+version for teaching.
+
+Score scale: ragkit reports a cross-encoder's relevance as the **sigmoid of its logit**, a
+number between 0 and 1, which is sentence-transformers' default for one-label models. The
+sigmoid is applied explicitly rather than taken from the model's saved configuration (some Hub
+cross-encoders save an identity activation), so every path here (``score_pairs``,
+``ScoredCrossEncoderReranker``, ``rerank``) agrees on one scale. Pass ``raw=True`` (or
+``raw_scores=True`` to the compressor) for the raw logits; the order is the same either way.
+
+Truncation: a (query, passage) pair longer than the model's maximum length (its tokenizer's
+``model_max_length``, or the ``max_length`` you pass) is cut, passage first
+(``"longest_first"``). ``truncation_mask`` and ``count_truncated`` say which pairs were cut,
+and the compressor marks each returned document with ``metadata["truncated"]``.
+
+Example:
+    >>> from ragkit import HuggingFaceRerankerLoader
+    >>> from ragkit.rerank import score_pairs
+    >>> model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+    >>> scores = score_pairs(model, [("capital of France?", "Paris is the capital of France."),
+    ...                              ("capital of France?", "Bananas are yellow.")])
+    >>> bool(scores[0] > 0.9 > 0.1 > scores[1])
+    True
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+from langchain_core.callbacks import Callbacks
+from langchain_core.cross_encoders import BaseCrossEncoder
+from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, field_validator
+
+from ragkit.errors import RagkitError
+from ragkit.loaders import HuggingFaceRerankerLoader, hub_offline, model_not_found, resolve_device
+from ragkit.models import is_available_offline
+from ragkit.settings import DEFAULT_DEVICE, DEFAULT_RERANKER, DEFAULT_TOP_N, RERANK_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+
+Pair = tuple[str, str]
+
+
+def _sentence_transformers_model(model: Any) -> Any:
+    """The ``sentence_transformers.CrossEncoder`` behind a LangChain ``HuggingFaceCrossEncoder``
+    (or the CrossEncoder itself)."""
+    from sentence_transformers import CrossEncoder
+
+    inner = model if isinstance(model, CrossEncoder) else getattr(model, "client", None)
+    if not isinstance(inner, CrossEncoder):
+        raise RagkitError(
+            f"Expected a HuggingFaceCrossEncoder (e.g. from HuggingFaceRerankerLoader) or a sentence-transformers "
+            f"CrossEncoder, got {type(model).__name__}."
+        )
+    if inner.num_labels != 1:
+        raise RagkitError(f"ragkit reranks with one-label cross-encoders (one relevance logit per pair); this "
+                          f"model has {inner.num_labels} labels.")
+    return inner
+
+
+def _max_length(cross_encoder: Any, max_length: int | None) -> int:
+    if max_length is None:
+        return int(cross_encoder.max_seq_length)
+    limit = cross_encoder.model.config.max_position_embeddings
+    if not 1 <= max_length <= limit:
+        raise RagkitError(f"max_length must be between 1 and the model's {limit} positions, got {max_length}.")
+    return max_length
+
+
+_PREDICT_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_PREDICT_LOCKS_GUARD = threading.Lock()
+
+
+def _predict_lock(cross_encoder: Any) -> threading.Lock:
+    """One lock per model: a fast tokenizer keeps its truncation setting as shared state, so two
+    threads tokenizing with different ``max_length`` would otherwise truncate with each other's."""
+    with _PREDICT_LOCKS_GUARD:
+        return _PREDICT_LOCKS.setdefault(cross_encoder, threading.Lock())
+
+
+def score_pairs(
+    model: Any,
+    pairs: Sequence[Pair],
+    *,
+    batch_size: int = RERANK_BATCH_SIZE,
+    max_length: int | None = None,
+    raw: bool = False,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """Relevance of each ``(query, passage)`` pair: the single entry point ragkit scores through.
+
+    Args:
+        model: a ``HuggingFaceCrossEncoder`` (``HuggingFaceRerankerLoader(...)``) or a
+            sentence-transformers ``CrossEncoder``.
+        pairs: ``(query, passage)`` tuples; pairs of many queries can be pooled in one call.
+        batch_size: pairs per forward pass.
+        max_length: truncate pairs to this many tokens for this call only (default: the
+            model's maximum). It goes to the tokenizer with the call, so the shared model is
+            never modified and concurrent callers with other lengths do not interfere.
+        raw: return logits instead of their sigmoid.
+        show_progress: show sentence-transformers' progress bar over batches.
+
+    Returns:
+        float32 array, one score per pair, in the order given.
+
+    Example:
+        >>> model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+        >>> score_pairs(model, [("what is bm25?", "BM25 ranks documents by term statistics.")]).shape
+        (1,)
+    """
+    cross_encoder = _sentence_transformers_model(model)
+    if batch_size < 1:
+        raise RagkitError(f"batch_size must be at least 1, got {batch_size}.")
+    pairs = [(str(q), str(p)) for q, p in pairs]
+    if not pairs:
+        return np.empty(0, dtype=np.float32)
+    length = _max_length(cross_encoder, max_length)
+    with _predict_lock(cross_encoder):
+        scores = cross_encoder.predict(
+        pairs,
+            batch_size=batch_size,
+            show_progress_bar=show_progress,
+            activation_fn=torch.nn.Identity() if raw else torch.nn.Sigmoid(),
+            processing_kwargs={"text": {"max_length": length, "truncation": "longest_first"}},
+        )
+    return np.asarray(scores, dtype=np.float32).reshape(len(pairs))
+
+
+def truncation_mask(model: Any, pairs: Sequence[Pair], max_length: int | None = None) -> np.ndarray:
+    """Which pairs are longer than the model reads (``max_length``, default the model's
+    maximum) and so get truncated when scored: a boolean array, one entry per pair.
+
+    Example:
+        >>> model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+        >>> truncation_mask(model, [("q", "short passage"), ("q", "word " * 1000)]).tolist()
+        [False, True]
+    """
+    cross_encoder = _sentence_transformers_model(model)
+    if not pairs:
+        return np.zeros(0, dtype=bool)
+    length = _max_length(cross_encoder, max_length)
+    # verbose=False: the over-length warning is exactly what is being measured here.
+    with _predict_lock(cross_encoder):  # the same shared tokenizer state as scoring
+        encoded = cross_encoder.tokenizer([q for q, _ in pairs], [p for _, p in pairs], truncation=False,
+                                          padding=False, verbose=False)
+    return np.array([len(ids) > length for ids in encoded["input_ids"]], dtype=bool)
+
+
+def count_truncated(model: Any, pairs: Sequence[Pair], max_length: int | None = None) -> int:
+    """How many pairs :func:`score_pairs` truncates with the same ``max_length``.
+
+    Example:
+        >>> model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+        >>> count_truncated(model, [("q", "word " * 1000)] * 3)
+        3
+    """
+    return int(truncation_mask(model, pairs, max_length).sum())
+
+
+class ScoredCrossEncoderReranker(BaseDocumentCompressor):
+    """LangChain's ``CrossEncoderReranker`` (same ``model`` and ``top_n``) that keeps the scores.
+
+    Returns the ``top_n`` documents, best first, as new ``Document`` s (the inputs are left
+    untouched) with ``metadata["relevance_score"]`` (sigmoid of the logit, or the logit with
+    ``raw_scores=True``) and ``metadata["truncated"]`` (whether the pair was cut to
+    ``max_length``). Ties keep the first stage's order, as ``CrossEncoderReranker`` does.
+
+    Example:
+        >>> from langchain_core.documents import Document
+        >>> model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+        >>> reranker = ScoredCrossEncoderReranker(model=model, top_n=1)
+        >>> best = reranker.compress_documents([Document("Bananas are yellow."), Document("Paris is in France.")],
+        ...                                    "Where is Paris?")
+        >>> best[0].page_content, round(best[0].metadata["relevance_score"], 2), best[0].metadata["truncated"]
+        ('Paris is in France.', 1.0, False)
+    """
+
+    model: BaseCrossEncoder
+    top_n: int = DEFAULT_TOP_N
+    batch_size: int = RERANK_BATCH_SIZE
+    max_length: int | None = None
+    raw_scores: bool = False
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    @field_validator("model")
+    @classmethod
+    def _sentence_transformers_backed(cls, model: BaseCrossEncoder) -> BaseCrossEncoder:
+        _sentence_transformers_model(model)
+        return model
+
+    @field_validator("top_n", "batch_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be at least 1, got {value}")
+        return value
+
+    def compress_documents(self, documents: Sequence[Document], query: str,
+                           callbacks: Callbacks | None = None) -> Sequence[Document]:
+        """Score every document against ``query`` and return the best ``top_n`` with scores."""
+        if not documents:
+            return []
+        pairs = [(query, doc.page_content) for doc in documents]
+        scores = score_pairs(self.model, pairs, batch_size=self.batch_size, max_length=self.max_length,
+                             raw=self.raw_scores)
+        truncated = truncation_mask(self.model, pairs, self.max_length)
+        order = sorted(range(len(documents)), key=lambda i: -scores[i])[: self.top_n]
+        return [Document(page_content=documents[i].page_content, id=documents[i].id,
+                         metadata={**documents[i].metadata, "relevance_score": float(scores[i]),
+                                   "truncated": bool(truncated[i])})
+                for i in order]
+
+
+def reranking_retriever(
+    base_retriever: BaseRetriever,
+    reranker: str | BaseCrossEncoder = DEFAULT_RERANKER,
+    top_n: int = DEFAULT_TOP_N,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    **compressor_kwargs: Any,
+) -> ContextualCompressionRetriever:
+    """The design's pipeline: ``ContextualCompressionRetriever`` over ``base_retriever`` (which
+    sets how many candidates, k, are reranked) with a :class:`ScoredCrossEncoderReranker`.
+
+    Args:
+        base_retriever: the first stage, e.g. ``index.as_retriever(k=20)``.
+        reranker: a cross-encoder name (loaded with ``HuggingFaceRerankerLoader(reranker,
+            model_kwargs)``) or a loaded ``HuggingFaceCrossEncoder``.
+        top_n: documents returned.
+        compressor_kwargs: ``batch_size``, ``max_length``, ``raw_scores``.
+
+    Example:
+        >>> retriever = reranking_retriever(index.as_retriever(k=20), top_n=5)  # doctest: +SKIP
+        >>> [d.metadata["relevance_score"] for d in retriever.invoke("what is reranking?")]  # doctest: +SKIP
+        [0.98, 0.91, 0.40, 0.07, 0.01]
+    """
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+
+    if isinstance(reranker, str):
+        model = HuggingFaceRerankerLoader(reranker, model_kwargs=model_kwargs)
+    elif model_kwargs is not None:
+        raise RagkitError("model_kwargs configure a reranker loaded by name; a loaded model comes configured.")
+    else:
+        model = reranker
+    compressor = ScoredCrossEncoderReranker(model=model, top_n=top_n, **compressor_kwargs)
+    return ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base_retriever)
+
+
+class RerankResult(NamedTuple):
+    """One reranked passage: its position in the input list and its score."""
+
+    index: int
+    score: float
+
+
+@lru_cache(maxsize=4)
+def _plain_model(model_name: str, device: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if hub_offline() and not is_available_offline(model_name):
+        raise model_not_found(model_name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        model = AutoModelForSequenceClassification.from_pretrained(model_name).to(device).eval()
+    except OSError as exc:
+        raise model_not_found(model_name, exc) from exc
+    return tokenizer, model
+
+
+def rerank(
+    query: str,
+    documents: Sequence[str],
+    top_k: int = DEFAULT_TOP_N,
+    model_name: str = DEFAULT_RERANKER,
+    device: str = DEFAULT_DEVICE,
+    batch_size: int = RERANK_BATCH_SIZE,
+    max_length: int | None = None,
+) -> list[RerankResult]:
+    """Rerank ``documents`` for ``query`` with plain ``transformers``, no LangChain: what a
+    cross-encoder does, step by step. Scores are the sigmoid of the logit, as everywhere in
+    ragkit, and equal ``score_pairs``'s within float error.
+
+    Returns:
+        The ``top_k`` best as ``(index, score)``, best first; ``documents[index]`` is the text.
+
+    Example:
+        >>> passages = ["Bananas are yellow.", "Paris is the capital of France."]
+        >>> [i for i, _ in rerank("What is the capital of France?", passages, top_k=2)]
+        [1, 0]
+    """
+    if top_k < 1:
+        raise RagkitError(f"top_k must be at least 1, got {top_k}.")
+    tokenizer, model = _plain_model(model_name, resolve_device(device))
+    if model.config.num_labels != 1:
+        raise RagkitError(f"rerank() needs a one-label cross-encoder; {model_name} has {model.config.num_labels}.")
+    documents = list(documents)
+    scores: list[float] = []
+    for start in range(0, len(documents), batch_size):
+        batch = documents[start:start + batch_size]
+        # The query and passage go in together, as one "[CLS] query [SEP] passage [SEP]" input:
+        # that joint reading is what makes it a cross-encoder. Passages are cut to fit.
+        features = tokenizer([query] * len(batch), batch, padding=True, truncation="longest_first",
+                             max_length=max_length or tokenizer.model_max_length, return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**features.to(model.device)).logits.squeeze(-1)
+        scores += torch.sigmoid(logits.float()).tolist()
+    order = sorted(range(len(documents)), key=lambda i: -scores[i])
+    return [RerankResult(i, scores[i]) for i in order[:top_k]]
