@@ -16,7 +16,10 @@ from ragkit.loaders import (
     cached_models,
     clear_cache,
 )
+from ragkit.evaluate import Experiment, Pipeline, experiment, grid
 from ragkit.models import CATALOGUE, ModelInfo, available_models, get_model, model_revision
+from ragkit.rerank import ScoredCrossEncoderReranker, rerank, reranking_retriever, score_pairs
+from ragkit.retrievers import BM25Retriever, ChromaIndex, build_chroma_index
 
 # A library leaves handler configuration to the application; this keeps Python from
 # printing "No handlers could be found" while still letting `logging.basicConfig` show ours.
@@ -25,6 +28,17 @@ logging.getLogger("ragkit").addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "BM25Retriever",
+    "ChromaIndex",
+    "Experiment",
+    "Pipeline",
+    "ScoredCrossEncoderReranker",
+    "build_chroma_index",
+    "experiment",
+    "grid",
+    "rerank",
+    "reranking_retriever",
+    "score_pairs",
     "BeirCollection",
     "CATALOGUE",
     "CachedLoader",

@@ -207,7 +207,9 @@ class BeirCollection:
         ]
 
     def summary(self) -> str:
-        """Counts, grades and origin in a sentence or two; says so plainly when this is a subset.
+        """Counts and grades in a sentence or two; says so plainly when this is a subset. (The
+        folder it came from is ``source``; it stays out of the summary, which reports and
+        notebooks print, so that they carry no machine paths.)
 
         Example:
             >>> from ragkit.data import load_beir
@@ -217,7 +219,7 @@ class BeirCollection:
         grades = ", ".join(str(grade) for grade in self.grades)
         text = (
             f"{self.name} ({self.split} split): {len(self.corpus):,} docs, {len(self.queries):,} queries, "
-            f"{self.n_judgements:,} judgements (grades {grades}); from {self.source}"
+            f"{self.n_judgements:,} judgements (grades {grades})"
         )
         if self.subset is not None:
             info = self.subset

@@ -1,0 +1,226 @@
+"""The evaluation engine on tiny models and the demo corpus: runs, caches, tables, reports, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import ragkit.evaluate as evaluate
+from ragkit import load_beir
+from ragkit.cli import main
+from ragkit.errors import RagkitError
+from ragkit.evaluate import Pipeline, experiment, grid
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("RAGKIT_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_beir("demo")
+
+
+@pytest.fixture()
+def pipelines(tiny_embedder_path, tiny_cross_encoder_path) -> list[Pipeline]:
+    return [
+        Pipeline(embedder=tiny_embedder_path),
+        Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=10),
+        Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=10, top_n=3),
+        Pipeline("bm25", reranker=tiny_cross_encoder_path, k=8),
+    ]
+
+
+@pytest.fixture()
+def scored_pairs(monkeypatch) -> list[int]:
+    """How many pairs the engine sends to the cross-encoder (a spy on the collaborator)."""
+    counts: list[int] = []
+    real = evaluate.score_pairs
+
+    def spy(model, pairs, **kwargs):
+        counts.append(len(pairs))
+        return real(model, pairs, **kwargs)
+
+    monkeypatch.setattr(evaluate, "score_pairs", spy)
+    return counts
+
+
+def test_batched_engine_gives_the_same_runs_as_the_langchain_retrievers(demo, pipelines, cache):
+    fast = experiment(demo, pipelines, latency_queries=0, show_progress=False, n_resamples=200)
+    slow = experiment(demo, pipelines, latency_queries=0, show_progress=False, n_resamples=200, engine="langchain")
+    for p in pipelines:
+        for q in demo.queries:
+            assert list(fast.runs[p.name][q]) == list(slow.runs[p.name][q]), (p.name, q)
+            for doc, score in fast.runs[p.name][q].items():
+                assert score == pytest.approx(slow.runs[p.name][q][doc], abs=1e-5)
+    pd.testing.assert_frame_equal(fast.table, slow.table)
+
+
+def test_runs_hold_k_or_top_n_documents_in_descending_order(demo, pipelines, cache):
+    result = experiment(demo, pipelines, latency_queries=0, show_progress=False, n_resamples=200)
+    sizes = {p.name: {len(result.runs[p.name][q]) for q in demo.queries} for p in pipelines}
+    assert sizes[pipelines[0].name] == {40}  # all 40 demo docs: fewer than the depth of 100
+    assert sizes[pipelines[1].name] == {10}
+    assert sizes[pipelines[2].name] == {3}
+    for p in pipelines:
+        for q in demo.queries:
+            scores = list(result.runs[p.name][q].values())
+            assert scores == sorted(scores, reverse=True)
+    # top_n keeps the head of the same reranked list.
+    for q in demo.queries:
+        assert list(result.runs[pipelines[2].name][q]) == list(result.runs[pipelines[1].name][q])[:3]
+
+
+def test_pair_scores_are_cached_across_top_n_and_reruns(demo, tiny_embedder_path, tiny_cross_encoder_path, cache,
+                                                         scored_pairs):
+    first = [Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=10)]
+    experiment(demo, first, latency_queries=0, show_progress=False, n_resamples=100)
+    assert sum(scored_pairs) == 10 * len(demo.queries)
+    scored_pairs.clear()
+    other_top_n = [Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=10, top_n=5)]
+    experiment(demo, first + other_top_n, latency_queries=0, show_progress=False, n_resamples=100)
+    assert sum(scored_pairs) == 0
+    deeper = [Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=12)]
+    experiment(demo, deeper, latency_queries=0, show_progress=False, n_resamples=100)
+    assert sum(scored_pairs) == 2 * len(demo.queries)  # only the two new candidates per query
+
+
+def test_first_stage_runs_are_cached_per_fingerprint(demo, tiny_embedder_path, cache):
+    experiment(demo, [Pipeline(embedder=tiny_embedder_path)], latency_queries=0, show_progress=False, n_resamples=50)
+    assert len(list((cache / "runs").glob("*.json"))) == 1
+    experiment(demo, [Pipeline(embedder=tiny_embedder_path)], latency_queries=0, show_progress=False, n_resamples=50)
+    assert len(list((cache / "runs").glob("*.json"))) == 1
+    experiment(demo, [Pipeline("bm25")], latency_queries=0, show_progress=False, n_resamples=50)
+    assert len(list((cache / "runs").glob("*.json"))) == 2
+
+
+def test_table_has_baseline_deltas_significance_and_counts(demo, pipelines, cache):
+    result = experiment(demo, pipelines, latency_queries=2, show_progress=False, n_resamples=500)
+    table = result.table
+    base, other = pipelines[0].name, pipelines[1].name
+    assert bool(table.loc[base, "baseline"]) and not bool(table.loc[other, "baseline"])
+    per_query = result.per_query
+    for m in ("nDCG@10", "RR@10", "R@100"):
+        values = per_query[(per_query.measure == m)].pivot(index="query_id", columns="pipeline", values="value")
+        assert table.loc[other, m] == pytest.approx(values[other].mean())
+        assert table.loc[other, f"{m} delta"] == pytest.approx((values[other] - values[base]).mean())
+        assert table.loc[other, f"{m} ci_low"] <= table.loc[other, f"{m} delta"] <= table.loc[other, f"{m} ci_high"]
+        assert table.loc[other, f"{m} p_perm"] <= table.loc[other, f"{m} p_perm_holm"] <= 1
+        assert sum(int(table.loc[other, f"{m} {c}"]) for c in ("wins", "ties", "losses")) == len(demo.queries)
+        assert pd.isna(table.loc[base, f"{m} delta"])
+    stages = set(result.latency.stage)
+    assert {"embed query", "vector search", "bm25 search", "rerank", "total"} <= stages
+    assert (result.latency.p95_ms >= result.latency.p50_ms).all()
+    assert result.meta["is_subset"] is False and result.meta["device"] == "cpu"
+
+
+def test_report_folder_holds_every_file_and_runs_round_trip(demo, pipelines, cache, tmp_path):
+    result = experiment(demo, pipelines[:2], latency_queries=1, show_progress=False, n_resamples=100)
+    folder = result.save(tmp_path / "report")
+    for name in ("results.csv", "results.json", "per_query.csv", "latency.csv", "summary.md", "quality.png",
+                 "quality_vs_latency.png", "delta_histogram.png"):
+        assert (folder / name).stat().st_size > 0, name
+    trec = sorted((folder / "runs").glob("*.trec"))
+    assert len(trec) == 2
+    from ragkit.report import slug
+
+    lines = (folder / "runs" / f"{slug(pipelines[1].name)}.trec").read_text().splitlines()
+    parsed: dict[str, list[str]] = {}
+    for line in lines:
+        qid, q0, doc, rank, score, tag = line.split()
+        assert q0 == "Q0" and int(rank) == len(parsed.setdefault(qid, [])) + 1
+        parsed[qid].append(doc)
+    assert parsed == {q: list(r) for q, r in result.runs[pipelines[1].name].items()}
+    meta = json.loads((folder / "results.json").read_text())["meta"]
+    assert meta["collection"] == "demo" and meta["model_revisions"]
+    assert "/" + "root" not in (folder / "summary.md").read_text()
+
+
+def test_a_subset_report_says_it_is_a_subset(tiny_embedder_path, cache, tmp_path):
+    from ragkit import make_subset
+
+    subset = make_subset(load_beir("scifact"), 5, n_docs=60)
+    result = experiment(subset, [Pipeline(embedder=tiny_embedder_path)], latency_queries=0, show_progress=False,
+                        n_resamples=50)
+    summary = (result.save(tmp_path / "r") / "summary.md").read_text()
+    assert result.meta["is_subset"] is True
+    assert "ragkit subset, not the official split" in summary
+    assert subset.name in summary
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"retriever": "splade"}, "Unknown retriever"),
+    ({"k": 0}, "at least 1"),
+    ({"reranker": "x", "k": 5, "top_n": 6}, "top_n=6 is more than the k=5"),
+])
+def test_bad_pipelines_are_refused(kwargs, message):
+    with pytest.raises(RagkitError, match=message):
+        Pipeline(**kwargs)
+
+
+def test_bad_measure_and_baseline_are_refused(demo, tiny_embedder_path):
+    with pytest.raises(RagkitError, match="Unknown measure"):
+        experiment(demo, [Pipeline(embedder=tiny_embedder_path)], measures=["nDCG@x"])
+    with pytest.raises(RagkitError, match="Baseline 'nope'"):
+        experiment(demo, [Pipeline(embedder=tiny_embedder_path)], baseline="nope")
+
+
+def test_grid_crosses_first_stages_rerankers_k_and_top_n():
+    names = [p.name for p in grid(["a/e"], [None, "b/r"], ks=[10, 20], top_ns=[None, 10, 15], bm25=True)]
+    assert names == [
+        "dense(e)", "dense(e) >> r(k=10, top_n=10)", "dense(e) >> r(k=20, top_n=20)", "dense(e) >> r(k=20, top_n=10)",
+        "dense(e) >> r(k=20, top_n=15)", "bm25", "bm25 >> r(k=10, top_n=10)", "bm25 >> r(k=20, top_n=20)",
+        "bm25 >> r(k=20, top_n=10)", "bm25 >> r(k=20, top_n=15)",
+    ]
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_cli_eval_writes_the_report_and_prints_the_table(tiny_embedder_path, tiny_cross_encoder_path, cache,
+                                                          tmp_path, capsys):
+    out = tmp_path / "report"
+    code = main(["eval", "--dataset", "demo", "--subset", "0", "--embedders", tiny_embedder_path, "--rerankers",
+                 "none", tiny_cross_encoder_path, "--k", "5", "--latency-queries", "1", "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "(baseline)" in printed and "nDCG@10" in printed
+    assert (out / "summary.md").is_file() and len(list((out / "runs").glob("*.trec"))) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "scifcat"], "scifcat"),
+    (["--embedders", "sentence-transformers/all-MiniLM-L6-v3"], "Known embedder models: sentence-transformers/all-MiniLM-L6-v2"),
+    (["--rerankers", "cross-encoder/nope"], "Known cross-encoder models: cross-encoder/ms-marco-MiniLM-L-6-v2"),
+    (["--device", "cuda:7"], "cuda:7"),
+])
+def test_cli_errors_are_clear(args, message, tmp_path, capsys):
+    code = main(["eval", "--output", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("ragkit: error:") and message in err
+
+
+def test_cli_refuses_an_unwritable_output_before_any_work(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permission bits; a file in the way fails for everyone
+            target = tmp_path / "file"
+            target.write_text("not a folder")
+            out = target / "report"
+        else:
+            out = locked / "report"
+        code = main(["eval", "--dataset", "demo", "--output", str(out)])
+    finally:
+        locked.chmod(0o700)
+    assert code == 2
+    assert "Cannot write the report to" in capsys.readouterr().err
