@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 endif
 endif
 
-.PHONY: setup models run smoke test test-slow clean
+.PHONY: setup models run smoke test test-slow reproduce clean
 
 setup: $(STAMP)
 
@@ -36,16 +36,24 @@ ifeq ($(HF_HUB_OFFLINE),1)
 	$(PY) -m ragkit.offline
 endif
 
+# The main job: a SciFact subset, all-MiniLM-L6-v2 with and without the L-12 cross-encoder.
 run: models
+	$(PY) -m ragkit eval --output results/eval
+
+smoke: models
 	$(PY) -m ragkit smoke
 
-smoke: run
-
+# Unit and real-model tests, then every notebook through nbval.
 test: models
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg tests notebooks
 
+# Full-split reproductions of published numbers (about 30 minutes on 2 CPU cores).
 test-slow: models
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow tests
+
+# Recompute benchmarks/results/reproduction.json, which notebook 04 shows.
+reproduce: models
+	$(PY) benchmarks/reproduce.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -56,22 +56,23 @@ def check_writable(folder: str | Path) -> Path:
 
 
 def format_table(exp: Experiment, measures: list[str] | None = None) -> str:
-    """A plain-text table: each measure per pipeline, with delta, 95% CI and Holm p against the baseline."""
+    """A plain-text table, one line per pipeline and measure: the score and, against the
+    baseline, its delta (``*`` when significant), the delta's 95% CI, the Holm-corrected
+    randomization p-value and wins/ties/losses over queries."""
     measures = measures or exp.meta["measures"]
     rows = []
     for name, row in exp.table.iterrows():
-        cells = {"pipeline": name + (" (baseline)" if row["baseline"] else "")}
         for m in measures:
-            cells[m] = f"{row[m]:.4f}"
+            cells = {"pipeline": name + (" (baseline)" if row["baseline"] else ""), "measure": m,
+                     "score": f"{row[m]:.4f}", "delta": "", "95% CI": "", "p (Holm)": "", "W/T/L": ""}
             if not row["baseline"]:
-                sig = "*" if row[f"{m} significant"] else ""
-                cells[f"{m} Δ"] = f"{row[f'{m} delta']:+.4f}{sig}"
-                cells[f"{m} 95% CI"] = f"[{row[f'{m} ci_low']:+.3f}, {row[f'{m} ci_high']:+.3f}]"
-                cells[f"{m} p"] = f"{row[f'{m} p_perm_holm']:.3g}"
-                cells[f"{m} W/T/L"] = f"{row[f'{m} wins']}/{row[f'{m} ties']}/{row[f'{m} losses']}"
-            else:
-                cells.update({f"{m} Δ": "", f"{m} 95% CI": "", f"{m} p": "", f"{m} W/T/L": ""})
-        rows.append(cells)
+                cells.update({
+                    "delta": f"{row[f'{m} delta']:+.4f}" + ("*" if row[f"{m} significant"] else ""),
+                    "95% CI": f"[{row[f'{m} ci_low']:+.3f}, {row[f'{m} ci_high']:+.3f}]",
+                    "p (Holm)": f"{row[f'{m} p_perm_holm']:.3g}",
+                    "W/T/L": f"{row[f'{m} wins']}/{row[f'{m} ties']}/{row[f'{m} losses']}",
+                })
+            rows.append(cells)
     return pd.DataFrame(rows).to_string(index=False)
 
 
@@ -133,21 +134,26 @@ def trec_run(run: dict[str, dict[str, float]], tag: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label(name: str) -> str:
+    """A pipeline name over two lines, first stage then reranker, so plot labels stay narrow."""
+    return name.replace(" >> ", "\n>> ")
+
+
 def quality_plot(exp: Experiment, measure: str | None = None) -> Figure:
     """Each pipeline's mean score with its 95% bootstrap CI, the baseline highlighted."""
     import matplotlib.pyplot as plt
 
     m = measure or exp.meta["measures"][0]
     t = exp.table
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(t) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.8 * len(t) + 1.5))
     y = np.arange(len(t))[::-1]
     err = np.vstack([t[m] - t[f"{m} mean_ci_low"], t[f"{m} mean_ci_high"] - t[m]])
     colors = ["tab:gray" if b else "tab:blue" for b in t["baseline"]]
     ax.barh(y, t[m], xerr=err, color=colors, capsize=4)
-    ax.set_yticks(y, t.index)
-    ax.set_xlabel(f"{m} (mean over queries, 95% CI)")
-    title = f"{exp.meta['collection']}: {m}"
-    ax.set_title(title + (" (ragkit subset)" if exp.meta["is_subset"] else ""))
+    ax.set_yticks(y, [_label(n) for n in t.index], fontsize=8)
+    ax.set_xlabel(f"{m} (mean over queries, 95% CI; grey: baseline)")
+    ax.set_title(f"{exp.meta['collection']}" + ("\n(ragkit subset, not the official split)" if exp.meta["is_subset"] else ""),
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -158,12 +164,13 @@ def latency_plot(exp: Experiment, measure: str | None = None) -> Figure:
 
     m = measure or exp.meta["measures"][0]
     total = exp.latency[exp.latency["stage"] == "total"].set_index("pipeline")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, row in exp.table.iterrows():
         if name in total.index:
-            ax.scatter(total.loc[name, "p50_ms"], row[m], s=60)
-            ax.annotate(name, (total.loc[name, "p50_ms"], row[m]), fontsize=8, xytext=(5, 5), textcoords="offset points")
+            ax.scatter(total.loc[name, "p50_ms"], row[m], s=60, label=_label(name))
     ax.set_xscale("log")
+    if ax.collections:  # no points when the experiment timed no queries (latency_queries=0)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_xlabel(f"ms per query, p50 ({exp.meta['device']})")
     ax.set_ylabel(m)
     ax.set_title(f"{m} against latency")
@@ -182,13 +189,13 @@ def delta_histogram(exp: Experiment, measure: str | None = None) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     bins = np.linspace(-1, 1, 41)
     for n in others:
-        ax.hist(wide[n] - wide[base], bins=bins, alpha=0.6, label=n)
+        ax.hist(wide[n] - wide[base], bins=bins, alpha=0.6, label=_label(n))
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel(f"per-query {m} minus baseline")
     ax.set_ylabel("queries")
-    ax.set_title(f"Per-query {m} change against {base}")
+    ax.set_title(f"Per-query {m} change against the baseline, {base}", fontsize=10)
     if others:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
 
@@ -221,7 +228,7 @@ def write_report(exp: Experiment, folder: str | Path) -> Path:
         for file, plot in [("quality.png", quality_plot), ("quality_vs_latency.png", latency_plot),
                            ("delta_histogram.png", delta_histogram)]:
             fig = plot(exp)
-            fig.savefig(tmp / file, dpi=110)
+            fig.savefig(tmp / file, dpi=110, bbox_inches="tight")
             plt.close(fig)
         if (folder / "runs").exists():
             shutil.rmtree(folder / "runs")

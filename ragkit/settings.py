@@ -39,6 +39,11 @@ DEFAULT_SUBSET_DOCS = 1000
 DEFAULT_SUBSET_HARD_NEGATIVES = 10
 DEFAULT_SUBSET_SEED = 0
 
+# The notebooks' subsets: small enough that every notebook together runs in CI within
+# minutes on 2 CPU cores. Raise them (environment variables) for steadier numbers.
+NOTEBOOK_QUERIES = int(os.environ.get("RAGKIT_NOTEBOOK_QUERIES", "15"))
+NOTEBOOK_DOCS = int(os.environ.get("RAGKIT_NOTEBOOK_DOCS", "300"))
+
 
 def data_dir() -> Path:
     """Folder for downloaded collections: ``$RAGKIT_DATA_DIR`` or ``./data``."""
