@@ -14,11 +14,16 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import bm25s
 import numpy as np
 import Stemmer
+
+# bm25s sets its own logger to DEBUG, so under any application that configures logging it
+# prints "Building index from tokens" on every index; its warnings still come through.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 class BM25Index:
