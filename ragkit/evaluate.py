@@ -570,14 +570,26 @@ def device_description(device: str) -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def _meta(collection: BeirCollection, pipelines: list[Pipeline], baseline: str, measures: list[str], device: str,
-          engine: str, batch_size: int) -> dict[str, Any]:
+def versions() -> dict[str, str]:
+    """Versions of the libraries that decide what a measurement means, for reports.
+
+    Example:
+        >>> sorted(versions())[:3]
+        ['ir-measures', 'python', 'ragkit']
+    """
     import sentence_transformers
     import torch
     import transformers
 
     import ragkit
 
+    return {"ragkit": ragkit.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "sentence-transformers": sentence_transformers.__version__, "ir-measures": ir_measures.__version__,
+            "python": platform.python_version()}
+
+
+def _meta(collection: BeirCollection, pipelines: list[Pipeline], baseline: str, measures: list[str], device: str,
+          engine: str, batch_size: int) -> dict[str, Any]:
     models = sorted({m for p in pipelines for m in (p.embedder, p.reranker) if m})
     return {
         "collection": collection.name,
@@ -594,12 +606,10 @@ def _meta(collection: BeirCollection, pipelines: list[Pipeline], baseline: str, 
         "engine": engine,
         "batch_size": batch_size,
         "model_revisions": {m: model_revision(m) for m in models},
-        "versions": {"ragkit": ragkit.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "sentence-transformers": sentence_transformers.__version__, "ir-measures": ir_measures.__version__,
-                     "python": platform.python_version()},
+        "versions": versions(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 __all__ = ["Experiment", "PairScoreCache", "Pipeline", "experiment", "grid", "holm", "langchain_retriever",
-           "mean_ci", "paired_comparison", "parse_measures", "per_query_scores"]
+           "mean_ci", "paired_comparison", "parse_measures", "per_query_scores", "versions"]
