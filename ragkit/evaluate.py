@@ -50,6 +50,9 @@ from ragkit.settings import (
 )
 
 Run = dict[str, dict[str, float]]  # query id -> doc id -> score, as ir_measures and TREC expect
+# Bumped when how score_pairs batches changes: scores then differ in float rounding, and a cache
+# filled by the old way would make a run disagree with a fresh one in the last digits.
+_SCORING_FORMAT = 2
 
 
 def _short(model_id: str) -> str:
@@ -432,7 +435,7 @@ def _rerank_batched(p: Pipeline, cands: list[list[tuple[str, float]]], collectio
                     query_ids: list[str], device: str, batch_size: int, cache: PairScoreCache | None,
                     show_progress: bool) -> Run:
     model = _reranker(p, device)
-    model_key = _digest(p.reranker, model_revision(p.reranker), device, model.client.max_seq_length)
+    model_key = _digest(p.reranker, model_revision(p.reranker), device, model.client.max_seq_length, _SCORING_FORMAT)
     pairs = [(collection.queries[q], collection.text(d)) for q, hits in zip(query_ids, cands) for d, _ in hits]
     keys = [PairScoreCache.pair_key(*pair) for pair in pairs]
     known = cache.get(model_key, keys) if cache is not None else {}
