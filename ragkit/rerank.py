@@ -151,16 +151,25 @@ def score_pairs(
         >>> score_pairs(model, [("what is bm25?", "BM25 ranks documents by term statistics.")]).shape
         (1,)
     """
+    return _score_and_measure(model, pairs, batch_size=batch_size, max_length=max_length, raw=raw,
+                              show_progress=show_progress)[0]
+
+
+def _score_and_measure(model: Any, pairs: Sequence[Pair], *, batch_size: int, max_length: int | None, raw: bool,
+                       show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``score_pairs``'s scores and whether each pair was truncated, from one tokenization
+    for the lengths (the compressor needs both; measuring twice would tokenize twice)."""
     cross_encoder = _sentence_transformers_model(model)
     if batch_size < 1:
         raise RagkitError(f"batch_size must be at least 1, got {batch_size}.")
     pairs = [(str(q), str(p)) for q, p in pairs]
     if not pairs:
-        return np.empty(0, dtype=np.float32)
+        return np.empty(0, dtype=np.float32), np.zeros(0, dtype=bool)
     length = _max_length(cross_encoder, max_length)
     activation = torch.nn.Identity() if raw else torch.nn.Sigmoid()
     with _predict_lock(cross_encoder):
-        order = np.argsort(-np.minimum(_full_lengths(cross_encoder, pairs), length), kind="stable")
+        full_lengths = _full_lengths(cross_encoder, pairs)
+        order = np.argsort(-np.minimum(full_lengths, length), kind="stable")
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         # One predict call per batch we formed (its own re-sort stays within the batch). The
         # scores stay on the device until the end, so a GPU never waits for the host between
@@ -173,7 +182,7 @@ def score_pairs(
         ]
     scores = np.empty(len(pairs), dtype=np.float32)
     scores[order] = torch.cat([s.reshape(-1) for s in scored]).float().cpu().numpy()
-    return scores
+    return scores, full_lengths > length
 
 
 def truncation_mask(model: Any, pairs: Sequence[Pair], max_length: int | None = None) -> np.ndarray:
@@ -249,9 +258,8 @@ class ScoredCrossEncoderReranker(BaseDocumentCompressor):
         if not documents:
             return []
         pairs = [(query, doc.page_content) for doc in documents]
-        scores = score_pairs(self.model, pairs, batch_size=self.batch_size, max_length=self.max_length,
-                             raw=self.raw_scores)
-        truncated = truncation_mask(self.model, pairs, self.max_length)
+        scores, truncated = _score_and_measure(self.model, pairs, batch_size=self.batch_size,
+                                               max_length=self.max_length, raw=self.raw_scores)
         order = sorted(range(len(documents)), key=lambda i: -scores[i])[: self.top_n]
         return [Document(page_content=documents[i].page_content, id=documents[i].id,
                          metadata={**documents[i].metadata, "relevance_score": float(scores[i]),
