@@ -33,21 +33,6 @@ from ragkit.evaluate import Pipeline, experiment
 from ragkit.rerank import score_pairs
 
 
-@pytest.fixture(scope="module")
-def spread_cross_encoder_path(tiny_cross_encoder_path, tmp_path_factory) -> str:
-    """The tiny cross-encoder with larger random weights, so that scores spread over (0, 1)
-    and orders are not decided by float noise."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
-
-    torch.manual_seed(2)
-    config = AutoConfig.from_pretrained(tiny_cross_encoder_path)
-    config.initializer_range = 0.5
-    folder = tmp_path_factory.mktemp("cost-cross-encoder")
-    BertForSequenceClassification(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_cross_encoder_path).save_pretrained(folder)
-    return str(folder)
-
 
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):

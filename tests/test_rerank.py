@@ -37,21 +37,6 @@ PASSAGES = [
 LONG = len(PASSAGES) - 1
 
 
-@pytest.fixture(scope="module")
-def spread_cross_encoder_path(tiny_cross_encoder_path, tmp_path_factory) -> str:
-    """The tiny cross-encoder re-drawn with larger random weights, so its scores spread over
-    (0, 1) and orders are not decided by float noise (the default init scores all near 0.5)."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
-
-    torch.manual_seed(1)
-    config = AutoConfig.from_pretrained(tiny_cross_encoder_path)
-    config.initializer_range = 0.5
-    folder = tmp_path_factory.mktemp("spread-cross-encoder")
-    BertForSequenceClassification(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_cross_encoder_path).save_pretrained(folder)
-    return str(folder)
-
 
 @pytest.fixture
 def model(spread_cross_encoder_path):
