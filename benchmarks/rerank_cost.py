@@ -70,7 +70,7 @@ from ragkit.cost import (
     time_eval,
 )
 from ragkit.loaders import resolve_device
-from ragkit.settings import DEFAULT_EMBEDDER, DEFAULT_RERANKER, DEFAULT_SUBSET_QUERIES, RERANK_BATCH_SIZE
+from ragkit.settings import DEFAULT_EMBEDDER, DEFAULT_RERANKER, DEFAULT_SUBSET_QUERIES, rerank_batch_size
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SECTIONS = ["throughput", "batch_size", "max_length", "backends", "loader_cache", "rerun", "gpu_dtypes"]
@@ -87,6 +87,8 @@ class Sizes:
     sweep_queries: int  # the first queries, timed by the batch-size, length and backend sweeps
     backend_queries: int  # the first queries, whose nDCG@10 decides on a backend
     k: int  # candidates per query
+    deep_queries: int  # the first queries, timed by throughput again with BEIR's deep_k candidates each
+    deep_k: int
     repeats: int
     batch_sizes: list[int]
     max_lengths: list[int] = field(default_factory=lambda: [128, 256, 512])
@@ -94,12 +96,13 @@ class Sizes:
 
 
 # At about 5 pairs/s (L-12, SciFact lengths, 2 cores) these keep the default sections near 25-30 minutes.
-CPU = Sizes(quality_queries=30, speed_queries=8, sweep_queries=4, backend_queries=15, k=20, repeats=3,
-            batch_sizes=[4, 8, 16, 32, 64, 128])
+CPU = Sizes(quality_queries=30, speed_queries=8, sweep_queries=4, backend_queries=15, k=20, deep_queries=2,
+            deep_k=100, repeats=3, batch_sizes=[2, 4, 8, 16, 32, 64])
 # One query's 100 candidates are too few to keep a GPU busy; many queries' pooled pairs are not.
-GPU = Sizes(quality_queries=50, speed_queries=50, sweep_queries=50, backend_queries=50, k=100, repeats=5,
-            batch_sizes=[16, 32, 64, 128, 256, 512])
-QUICK = Sizes(quality_queries=3, speed_queries=2, sweep_queries=2, backend_queries=3, k=5, repeats=2,
+GPU = Sizes(quality_queries=50, speed_queries=50, sweep_queries=50, backend_queries=50, k=100, deep_queries=50,
+            deep_k=100, repeats=5, batch_sizes=[16, 32, 64, 128, 256, 512])
+QUICK = Sizes(quality_queries=3, speed_queries=2, sweep_queries=2, backend_queries=3, k=5, deep_queries=1, deep_k=8,
+              repeats=2,
               batch_sizes=[2, 8],
               max_lengths=[64, 512], eval_args=["--dataset", "demo", "--subset", "0", "--latency-queries", "2"])
 
@@ -113,21 +116,29 @@ class Bench:
         self.sizes = QUICK if args.quick else (GPU if self.gpu else CPU)
         self.quick = args.quick
         self.reranker = args.reranker
-        self.batch_size = args.batch_size
+        self.batch_size = args.batch_size or rerank_batch_size(self.device)
         self.output = Path(args.output or (Path(tempfile.gettempdir()) / "ragkit-rerank-cost-quick" if args.quick
                                            else RESULTS))
         self.tag = "cpu" if not self.gpu else "cuda-" + _slug(environment(self.device)["device_name"])
-        self._quality: Candidates | None = None
+        self._pool: Candidates | None = None
+
+    @property
+    def pool(self) -> Candidates:
+        """The README's default SciFact subset (50 queries, ~1,000 documents), each sampled
+        query with its dense top candidates: real passages, real lengths."""
+        if self._pool is None:
+            subset = make_subset(load_beir("scifact"), DEFAULT_SUBSET_QUERIES, seed=0)
+            self._pool = candidate_pairs(subset, self.sizes.quality_queries, max(self.sizes.k, self.sizes.deep_k),
+                                         embedder=DEFAULT_EMBEDDER, device=self.device, show_progress=True)
+        return self._pool
 
     @property
     def quality(self) -> Candidates:
-        """The README's default SciFact subset (50 queries, ~1,000 documents), each sampled
-        query with its dense top k: real passages, real lengths."""
-        if self._quality is None:
-            subset = make_subset(load_beir("scifact"), DEFAULT_SUBSET_QUERIES, seed=0)
-            self._quality = candidate_pairs(subset, self.sizes.quality_queries, self.sizes.k,
-                                            embedder=DEFAULT_EMBEDDER, device=self.device, show_progress=True)
-        return self._quality
+        return self.pool.head(self.sizes.quality_queries, self.sizes.k)
+
+    @property
+    def deep(self) -> Candidates:
+        return self.pool.head(self.sizes.deep_queries, self.sizes.deep_k)
 
     @property
     def speed(self) -> Candidates:
@@ -161,16 +172,25 @@ class Bench:
 
 def throughput_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]]:
     model = bench.model()
-    sample = bench.speed
-    paths = compare_paths(model, sample, batch_size=bench.batch_size, repeats=bench.sizes.repeats)
-    targets = path_targets(paths, bench.device)
-    padding = padding_cost(model, sample, sorted({*bench.sizes.batch_sizes, bench.batch_size}))
+    # ragkit's default k, and BEIR's 100 candidates per query where that is another sample.
+    samples = {"": bench.speed}
+    if bench.sizes.deep_k != bench.sizes.k:
+        samples[f"_k{bench.sizes.deep_k}"] = bench.deep
+    tables: dict[str, pd.DataFrame] = {}
+    for suffix, sample in samples.items():
+        paths = compare_paths(model, sample, batch_size=bench.batch_size, repeats=bench.sizes.repeats)
+        tables[f"paths{suffix}"] = paths
+        tables[f"targets{suffix}"] = path_targets(paths, bench.device)
+        tables[f"padding{suffix}"] = padding_cost(model, sample, sorted({*bench.sizes.batch_sizes, bench.batch_size}))
     notes = [f"{name}: {label}" for name, label in PATHS.items()] + [
              "Scores of every path are compared with (b)'s: max_abs_diff and same_order (per query).",
-             "padding counts the tokens each batching plan feeds the model (exact token lengths), padding included."]
-    return ({"paths": paths, "targets": targets, "padding": padding},
-            {**bench.sample_parameters(sample), "batch_size": bench.batch_size, "repeats": bench.sizes.repeats},
-            notes)
+             "padding counts the tokens each batching plan feeds the model (exact token lengths), padding included.",
+             f"Tables without a suffix: k={bench.sizes.k} candidates per query (ragkit's default); "
+             f"_k{bench.sizes.deep_k}: the first {bench.sizes.deep_queries} queries with {bench.sizes.deep_k} each "
+             "(BEIR's reranking depth), where (c) pads a whole query's candidates to its longest."]
+    return (tables, {**bench.sample_parameters(bench.speed), "batch_size": bench.batch_size,
+                     "repeats": bench.sizes.repeats, **({"deep": bench.sample_parameters(bench.deep)}
+                                                        if len(samples) > 1 else {})}, notes)
 
 
 def batch_size_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]]:
@@ -428,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, results to a temporary folder")
     parser.add_argument("--reranker", default=DEFAULT_RERANKER)
-    parser.add_argument("--batch-size", type=int, default=RERANK_BATCH_SIZE,
-                        help="batch size of the path comparison (default: ragkit's %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="batch size of the path comparison (default: ragkit's for the device)")
     parser.add_argument("--output", default=None, help="results folder (default: benchmarks/results)")
     args = parser.parse_args(argv)
     bench = Bench(args)

@@ -71,7 +71,7 @@ def evaluate(args: argparse.Namespace) -> int:
     print(collection.summary())
     pipelines = grid(embedders, rerankers, args.k, args.top_n or [None], bm25=args.bm25)
     result = experiment(collection, pipelines, measures=args.measures, device=device, batch_size=args.batch_size,
-                        latency_queries=args.latency_queries)
+                        latency_queries=args.latency_queries, use_cache=not args.no_cache)
     result.save(output)
     print()
     print(format_table(result))
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         DEFAULT_RERANK_K,
         DEFAULT_SUBSET_QUERIES,
         LATENCY_QUERIES,
+        RERANK_BATCH_SIZE,
     )
 
     parser = argparse.ArgumentParser(prog="ragkit", description=__doc__)
@@ -105,8 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top-n", nargs="+", type=int, default=None, help="reranked documents kept (default: k)")
     e.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES), help="ir-measures names")
     e.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu, cuda, cuda:N")
-    e.add_argument("--batch-size", type=int, default=32, help="cross-encoder batch size")
-    e.add_argument("--latency-queries", type=int, default=LATENCY_QUERIES, help="queries timed one at a time")
+    e.add_argument("--batch-size", type=int, default=None,
+                   help="cross-encoder batch size (default: " + ", ".join(
+                       f"{n} on {kind.upper()}" for kind, n in RERANK_BATCH_SIZE.items()) + ")")
+    e.add_argument("--latency-queries", type=int, default=LATENCY_QUERIES,
+                   help="queries timed one at a time, per pipeline (default %(default)s)")
+    e.add_argument("--no-cache", action="store_true",
+                   help="recompute first-stage runs and pair scores and re-measure latency instead of reusing "
+                        "what an earlier run cached (the Chroma index is reused all the same)")
     e.add_argument("--output", default="results/eval", help="report folder (default: %(default)s)")
     p = sub.add_parser("smoke", help="load the default embedder and reranker and rank a few passages")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER)

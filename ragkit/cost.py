@@ -52,9 +52,16 @@ from ragkit.errors import RagkitError
 from ragkit.evaluate import device_description, parse_measures, per_query_scores, versions
 from ragkit.loaders import HuggingFaceEmbeddingsLoader, HuggingFaceRerankerLoader, resolve_device
 from ragkit.models import model_revision
-from ragkit.rerank import ScoredCrossEncoderReranker, rerank, score_pairs, token_lengths, truncation_mask
+from ragkit.rerank import (
+    ScoredCrossEncoderReranker,
+    default_batch_size,
+    rerank,
+    score_pairs,
+    token_lengths,
+    truncation_mask,
+)
 from ragkit.retrievers import build_chroma_index
-from ragkit.settings import DEFAULT_EMBEDDER, DEFAULT_RERANK_K, RERANK_BATCH_SIZE
+from ragkit.settings import DEFAULT_EMBEDDER, DEFAULT_RERANK_K, rerank_batch_size
 
 Pair = tuple[str, str]
 Scores = list[np.ndarray]  # per query, one score per candidate, in first-stage order
@@ -204,7 +211,7 @@ def reranking_paths(
     model: Any,
     candidates: Candidates,
     *,
-    batch_size: int = RERANK_BATCH_SIZE,
+    batch_size: int | None = None,
     max_length: int | None = None,
 ) -> dict[str, Callable[[], Scores]]:
     """The four ways to score ``candidates`` (see :data:`PATHS`), as zero-argument callables
@@ -219,8 +226,8 @@ def reranking_paths(
     Args:
         model: a ``HuggingFaceCrossEncoder`` from ``HuggingFaceRerankerLoader``.
         candidates: the pairs, from :func:`candidate_pairs`.
-        batch_size: pairs per forward pass for (a), (b) and (d); (c) always puts a query's
-            documents in one batch.
+        batch_size: pairs per forward pass for (a), (b) and (d) (default: ragkit's for the
+            model's device); (c) always puts a query's documents in one batch.
         max_length: tokens per pair (default: the model's maximum).
 
     Example:
@@ -229,6 +236,7 @@ def reranking_paths(
         [20, 20]
     """
     cross_encoder = _cross_encoder(model)
+    batch_size = default_batch_size(model) if batch_size is None else batch_size
     documents = [[Document(p, id=d, metadata={"doc_id": d}) for d, p in zip(ids, ps)]
                  for ids, ps in zip(candidates.doc_ids, candidates.passages)]
     compressor = ScoredCrossEncoderReranker(model=model, top_n=max(candidates.k, 1), batch_size=batch_size,
@@ -377,7 +385,7 @@ def compare_paths(
     model: Any,
     candidates: Candidates,
     *,
-    batch_size: int = RERANK_BATCH_SIZE,
+    batch_size: int | None = None,
     max_length: int | None = None,
     repeats: int = 3,
     paths: Sequence[str] | None = None,
@@ -400,6 +408,7 @@ def compare_paths(
     unknown = [p for p in wanted if p not in PATHS]
     if unknown:
         raise RagkitError(f"Unknown path(s) {unknown}; choose from {list(PATHS)}.")
+    batch_size = default_batch_size(model) if batch_size is None else batch_size
     functions = reranking_paths(model, candidates, batch_size=batch_size, max_length=max_length)
     warm = reranking_paths(model, _warmup_sample(candidates), batch_size=batch_size, max_length=max_length)
     for name in wanted:
@@ -519,7 +528,7 @@ def batch_size_sweep(model: Any, candidates: Candidates, batch_sizes: Sequence[i
 
 
 def max_length_effect(model: Any, speed: Candidates, quality: Candidates, lengths: Sequence[int], *,
-                      batch_size: int = RERANK_BATCH_SIZE, repeats: int = 3) -> pd.DataFrame:
+                      batch_size: int | None = None, repeats: int = 3) -> pd.DataFrame:
     """What a shorter maximum length buys and costs: throughput of path (d) on ``speed``, and
     nDCG@10 of the reranked ``quality`` sample, at each length.
 
@@ -591,7 +600,7 @@ def export_onnx(model: Any, path: str | Path, *, int8: bool = False, opset: int 
 
 
 def onnx_scorer(path: str | Path, model: Any, runtime: str = "onnxruntime") -> Callable[..., np.ndarray]:
-    """A ``score(pairs, batch_size=32, max_length=None)`` function that runs an ONNX export
+    """A ``score(pairs, batch_size=None, max_length=None)`` function that runs an ONNX export
     of ``model`` with onnxruntime or OpenVINO (CPU), batching exactly as ``score_pairs`` does
     (longest first by token length) and returning the sigmoid of the logit.
 
@@ -623,8 +632,9 @@ def onnx_scorer(path: str | Path, model: Any, runtime: str = "onnxruntime") -> C
     else:
         raise RagkitError(f"Unknown runtime {runtime!r}: use 'onnxruntime' or 'openvino'.")
 
-    def score(pairs: Sequence[Pair], batch_size: int = RERANK_BATCH_SIZE, max_length: int | None = None) -> np.ndarray:
+    def score(pairs: Sequence[Pair], batch_size: int | None = None, max_length: int | None = None) -> np.ndarray:
         length = max_length or int(cross_encoder.max_seq_length)
+        batch_size = rerank_batch_size("cpu") if batch_size is None else batch_size
         order = np.argsort(-token_lengths(model, pairs, length), kind="stable")
         logits = np.empty(len(pairs), dtype=np.float32)
         for start in range(0, len(order), batch_size):

@@ -47,12 +47,13 @@ from ragkit.settings import (
     N_RESAMPLES,
     SIGNIFICANCE_LEVEL,
     cache_dir,
+    rerank_batch_size,
 )
 
 Run = dict[str, dict[str, float]]  # query id -> doc id -> score, as ir_measures and TREC expect
 # Bumped when how score_pairs batches changes: scores then differ in float rounding, and a cache
 # filled by the old way would make a run disagree with a fresh one in the last digits.
-_SCORING_FORMAT = 2
+_SCORING_FORMAT = 3
 
 
 def _short(model_id: str) -> str:
@@ -320,7 +321,7 @@ def experiment(
     measures: Sequence[str] = DEFAULT_MEASURES,
     baseline: int | str = 0,
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     engine: Literal["batched", "langchain"] = "batched",
     latency_queries: int = LATENCY_QUERIES,
     n_resamples: int = N_RESAMPLES,
@@ -336,13 +337,16 @@ def experiment(
         measures: ir-measures names; default nDCG@10, RR@10 (MRR@10), R@100.
         baseline: index or name of the pipeline the others are compared with.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...; one device for every model.
-        batch_size: cross-encoder batch size.
+        batch_size: cross-encoder batch size (default: ``settings.rerank_batch_size(device)``).
         engine: ``"batched"`` embeds all queries at once and pools every query's pairs into
             one length-sorted scoring stream, with on-disk caches; ``"langchain"`` runs each
             query through the LangChain retriever the notebooks teach. Both give the same runs.
         latency_queries: how many queries are timed one at a time, uncached, per pipeline.
         n_resamples: permutations and bootstrap samples.
-        use_cache: reuse first-stage runs and pair scores cached under ``settings.cache_dir()``.
+        use_cache: reuse first-stage runs, pair scores and latency timings cached under
+            ``settings.cache_dir()``. Timings are reused only for the same pipeline, queries,
+            index, device, CPU or GPU, thread count and library versions, and the report says
+            when they were measured; ``use_cache=False`` measures everything afresh.
 
     Example:
         >>> result = experiment(subset, grid(rerankers=[None, "cross-encoder/ms-marco-MiniLM-L-12-v2"]))  # doctest: +SKIP
@@ -359,11 +363,13 @@ def experiment(
         raise RagkitError(f"Baseline {baseline!r} is not one of the pipelines: {names}.")
     parsed = parse_measures(measures)
     device = resolve_device(device)
+    batch_size = rerank_batch_size(device) if batch_size is None else batch_size
     query_ids = sorted(collection.queries)
     query_texts = [collection.queries[q] for q in query_ids]
 
     runs: dict[str, Run] = {}
     latency_rows: list[dict[str, Any]] = []
+    latency_measured: dict[str, dict[str, Any]] = {}  # pipeline -> when its timings were taken, and if reused
     stages: dict[tuple[str, str | None], Any] = {}
     candidates: dict[tuple[str, str | None], list[list[tuple[str, float]]]] = {}
     root = cache_dir()
@@ -388,7 +394,10 @@ def experiment(
                 else:
                     run = {q: dict(c) for q, c in zip(query_ids, cands)}
             runs[p.name] = run
-            latency_rows += _time_pipeline(p, stage, collection, query_ids[:latency_queries], device, batch_size)
+            if latency_queries > 0:
+                rows, latency_measured[p.name] = _pipeline_latency(p, stage, collection, query_ids[:latency_queries],
+                                                                   device, batch_size, root if use_cache else None)
+                latency_rows += rows
     finally:
         if pair_cache is not None:
             pair_cache.close()
@@ -400,6 +409,7 @@ def experiment(
     table = _aggregate(per_query, names, base_index, [str(m) for m in parsed], n_resamples, seed)
     latency = _latency_table(latency_rows)
     meta = _meta(collection, pipelines, names[base_index], [str(m) for m in parsed], device, engine, batch_size)
+    meta["latency_measured"] = latency_measured
     return Experiment(table=table, per_query=per_query, latency=latency, runs=runs, meta=meta)
 
 
@@ -456,7 +466,7 @@ def _rerank_batched(p: Pipeline, cands: list[list[tuple[str, float]]], collectio
     return run
 
 
-def langchain_retriever(p: Pipeline, stage: Any, device: str = "auto", batch_size: int = 32) -> Any:
+def langchain_retriever(p: Pipeline, stage: Any, device: str = "auto", batch_size: int | None = None) -> Any:
     """The LangChain retriever a pipeline stands for: the first stage's ``as_retriever(k)``,
     wrapped in a ``ContextualCompressionRetriever`` with ragkit's score-keeping reranker."""
     from ragkit.rerank import reranking_retriever
@@ -476,6 +486,33 @@ def _langchain_run(p: Pipeline, stage: Any, collection: BeirCollection, query_id
         docs = retriever.invoke(collection.queries[q])
         run[q] = {d.metadata["doc_id"]: float(d.metadata[score_key]) for d in docs}
     return run
+
+
+def _pipeline_latency(p: Pipeline, stage: Any, collection: BeirCollection, query_ids: list[str], device: str,
+                      batch_size: int, root: Path | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-query stage timings, and when they were measured (``{"measured": date, "reused": bool}``). With a cache ``root``, timings of
+    the same pipeline, queries and index on the same hardware, thread count and library
+    versions are reused: re-measuring them would only add noise, and it is most of what an
+    unchanged grid's re-run would otherwise cost."""
+    import torch
+
+    path = None
+    if root is not None:
+        key = _digest(asdict(p), stage.fingerprint, [(q, collection.queries[q]) for q in query_ids], device,
+                      device_description(device), torch.get_num_threads(), versions(), batch_size,
+                      model_revision(p.reranker) if p.reranker else None, _SCORING_FORMAT)
+        path = root / "latency" / f"{key}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            return saved["rows"], {"measured": saved["measured"], "reused": True}
+    rows = _time_pipeline(p, stage, collection, query_ids, device, batch_size)
+    measured = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"rows": rows, "measured": measured}))
+        tmp.replace(path)
+    return rows, {"measured": measured, "reused": False}
 
 
 def _time_pipeline(p: Pipeline, stage: Any, collection: BeirCollection, query_ids: list[str], device: str,

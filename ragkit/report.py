@@ -118,8 +118,13 @@ def markdown_summary(exp: Experiment) -> str:
         lat = exp.latency.copy()
         lat["p50_ms"] = lat["p50_ms"].map("{:.1f}".format)
         lat["p95_ms"] = lat["p95_ms"].map("{:.1f}".format)
+        taken = meta.get("latency_measured", {}).values()
+        reused = any(t["reused"] for t in taken)
+        when = "measured " + ", ".join(sorted({t["measured"] for t in taken})) if taken else "measured during this run"
         lines += ["## Latency per query", "", _markdown_table(lat), "",
-                  "Queries served one at a time, uncached, on the device above.", ""]
+                  f"Queries served one at a time, uncached, on the device above; {when}"
+                  + (" (an earlier run's timings of the same pipelines on this machine and software, reused from "
+                     "the cache; `ragkit eval --no-cache` re-measures them)." if reused else "."), ""]
     lines += ["## Plots", "", "![nDCG@10 per pipeline](quality.png)", "", "![quality against latency](quality_vs_latency.png)",
               "", "![per-query deltas](delta_histogram.png)", ""]
     return "\n".join(lines)

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from ragkit.errors import RagkitError
 from ragkit.loaders import HuggingFaceRerankerLoader, hub_offline, model_not_found, resolve_device
 from ragkit.models import is_available_offline
-from ragkit.settings import DEFAULT_DEVICE, DEFAULT_RERANKER, DEFAULT_TOP_N, RERANK_BATCH_SIZE
+from ragkit.settings import DEFAULT_DEVICE, DEFAULT_RERANKER, DEFAULT_TOP_N, rerank_batch_size
 
 if TYPE_CHECKING:
     from langchain_classic.retrievers import ContextualCompressionRetriever
@@ -119,7 +119,7 @@ def score_pairs(
     model: Any,
     pairs: Sequence[Pair],
     *,
-    batch_size: int = RERANK_BATCH_SIZE,
+    batch_size: int | None = None,
     max_length: int | None = None,
     raw: bool = False,
     show_progress: bool = False,
@@ -136,7 +136,8 @@ def score_pairs(
         model: a ``HuggingFaceCrossEncoder`` (``HuggingFaceRerankerLoader(...)``) or a
             sentence-transformers ``CrossEncoder``.
         pairs: ``(query, passage)`` tuples; pairs of many queries can be pooled in one call.
-        batch_size: pairs per forward pass.
+        batch_size: pairs per forward pass (default: ``settings.rerank_batch_size`` for the
+            model's device, small on a CPU, large on a GPU).
         max_length: truncate pairs to this many tokens for this call only (default: the
             model's maximum). It goes to the tokenizer with the call, so the shared model is
             never modified and concurrent callers with other lengths do not interfere.
@@ -155,11 +156,12 @@ def score_pairs(
                               show_progress=show_progress)[0]
 
 
-def _score_and_measure(model: Any, pairs: Sequence[Pair], *, batch_size: int, max_length: int | None, raw: bool,
-                       show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _score_and_measure(model: Any, pairs: Sequence[Pair], *, batch_size: int | None, max_length: int | None,
+                       raw: bool, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``score_pairs``'s scores and whether each pair was truncated, from one tokenization
     for the lengths (the compressor needs both; measuring twice would tokenize twice)."""
     cross_encoder = _sentence_transformers_model(model)
+    batch_size = default_batch_size(model) if batch_size is None else batch_size
     if batch_size < 1:
         raise RagkitError(f"batch_size must be at least 1, got {batch_size}.")
     pairs = [(str(q), str(p)) for q, p in pairs]
@@ -183,6 +185,18 @@ def _score_and_measure(model: Any, pairs: Sequence[Pair], *, batch_size: int, ma
     scores = np.empty(len(pairs), dtype=np.float32)
     scores[order] = torch.cat([s.reshape(-1) for s in scored]).float().cpu().numpy()
     return scores, full_lengths > length
+
+
+def default_batch_size(model: Any) -> int:
+    """The batch size :func:`score_pairs` uses for ``model`` when given none: ragkit's default
+    for the device the model sits on (``settings.rerank_batch_size``).
+
+    Example:
+        >>> default_batch_size(HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2",
+        ...                                              model_kwargs={"device": "cpu"}))
+        8
+    """
+    return rerank_batch_size(str(_sentence_transformers_model(model).device))
 
 
 def truncation_mask(model: Any, pairs: Sequence[Pair], max_length: int | None = None) -> np.ndarray:
@@ -233,7 +247,7 @@ class ScoredCrossEncoderReranker(BaseDocumentCompressor):
 
     model: BaseCrossEncoder
     top_n: int = DEFAULT_TOP_N
-    batch_size: int = RERANK_BATCH_SIZE
+    batch_size: int | None = None  # None: ragkit's default for the model's device
     max_length: int | None = None
     raw_scores: bool = False
 
@@ -247,8 +261,8 @@ class ScoredCrossEncoderReranker(BaseDocumentCompressor):
 
     @field_validator("top_n", "batch_size")
     @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
             raise ValueError(f"must be at least 1, got {value}")
         return value
 
@@ -329,7 +343,7 @@ def rerank(
     top_k: int = DEFAULT_TOP_N,
     model_name: str = DEFAULT_RERANKER,
     device: str = DEFAULT_DEVICE,
-    batch_size: int = RERANK_BATCH_SIZE,
+    batch_size: int | None = None,
     max_length: int | None = None,
 ) -> list[RerankResult]:
     """Rerank ``documents`` for ``query`` with plain ``transformers``, no LangChain: what a
@@ -350,6 +364,7 @@ def rerank(
     if model.config.num_labels != 1:
         raise RagkitError(f"rerank() needs a one-label cross-encoder; {model_name} has {model.config.num_labels}.")
     documents = list(documents)
+    batch_size = rerank_batch_size(str(model.device)) if batch_size is None else batch_size
     scores: list[float] = []
     for start in range(0, len(documents), batch_size):
         batch = documents[start:start + batch_size]

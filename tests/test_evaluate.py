@@ -14,6 +14,7 @@ from ragkit import load_beir
 from ragkit.cli import main
 from ragkit.errors import RagkitError
 from ragkit.evaluate import Pipeline, experiment, grid
+from ragkit.report import markdown_summary
 
 
 @pytest.fixture()
@@ -90,6 +91,28 @@ def test_pair_scores_are_cached_across_top_n_and_reruns(demo, tiny_embedder_path
     deeper = [Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=12)]
     experiment(demo, deeper, latency_queries=0, show_progress=False, n_resamples=100)
     assert sum(scored_pairs) == 2 * len(demo.queries)  # only the two new candidates per query
+
+
+def test_latency_timings_are_reused_for_an_unchanged_pipeline_and_remeasured_on_request(
+        demo, tiny_embedder_path, tiny_cross_encoder_path, cache, scored_pairs):
+    reranked = [Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=5)]
+    first = experiment(demo, reranked, latency_queries=2, show_progress=False, n_resamples=50)
+    assert first.meta["latency_measured"][reranked[0].name]["reused"] is False
+    scored_pairs.clear()
+    again = experiment(demo, reranked, latency_queries=2, show_progress=False, n_resamples=50)
+    assert sum(scored_pairs) == 0  # neither the run nor the latency queries scored anything
+    assert again.meta["latency_measured"] == {reranked[0].name: {**first.meta["latency_measured"][reranked[0].name],
+                                                                 "reused": True}}
+    pd.testing.assert_frame_equal(again.latency, first.latency)
+    assert "reused from the cache" in markdown_summary(again)
+    # Another batch size is another measurement; use_cache=False measures everything afresh.
+    other = experiment(demo, reranked, latency_queries=2, show_progress=False, n_resamples=50, batch_size=2)
+    assert other.meta["latency_measured"][reranked[0].name]["reused"] is False
+    scored_pairs.clear()
+    fresh = experiment(demo, reranked, latency_queries=2, show_progress=False, n_resamples=50, use_cache=False)
+    assert fresh.meta["latency_measured"][reranked[0].name]["reused"] is False
+    assert sum(scored_pairs) == 5 * len(demo.queries) + 2 * 5  # the run, then two latency queries of 5
+    assert "reused from the cache" not in markdown_summary(fresh)
 
 
 def test_first_stage_runs_are_cached_per_fingerprint(demo, tiny_embedder_path, cache):

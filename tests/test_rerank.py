@@ -19,9 +19,11 @@ from ragkit.rerank import (
     rerank,
     reranking_retriever,
     score_pairs,
+    token_lengths,
     truncation_mask,
 )
 from ragkit.retrievers import BM25Retriever, build_chroma_index
+from ragkit.settings import rerank_batch_size
 
 QUERY = "which city is the capital of france"
 # Word counts differ from passage to passage, so no two pairs tokenize alike even where a
@@ -121,6 +123,29 @@ def test_truncation_is_counted_and_marked(model):
         f"d{i}": i == LONG for i in range(len(PASSAGES))}
     cut = ScoredCrossEncoderReranker(model=model, top_n=len(PASSAGES), max_length=12).compress_documents(docs(), QUERY)
     assert sum(d.metadata["truncated"] for d in cut) == count_truncated(model, pairs, max_length=12)
+
+
+def test_pairs_go_in_batches_of_the_device_default_longest_first(model, monkeypatch):
+    cross_encoder = model.client
+    seen: list[list[tuple[str, str]]] = []
+    real = cross_encoder.predict
+
+    def spy(pairs, **kwargs):  # records what reaches the collaborator, then lets it score
+        seen.append(list(pairs))
+        return real(pairs, **kwargs)
+
+    pairs = [(QUERY, p) for p in PASSAGES] * 3  # 18 pairs
+    reference = score_pairs(model, pairs, batch_size=len(pairs))
+    monkeypatch.setattr(cross_encoder, "predict", spy)
+    scores = score_pairs(model, pairs)
+    size = rerank_batch_size("cpu")
+    assert [len(b) for b in seen] == [size] * (len(pairs) // size) + ([len(pairs) % size] if len(pairs) % size else [])
+    lengths = [int(token_lengths(model, batch).max()) for batch in seen]
+    assert lengths == sorted(lengths, reverse=True)
+    np.testing.assert_allclose(scores, reference, atol=1e-6)  # batching changes no score
+    seen.clear()
+    ScoredCrossEncoderReranker(model=model, top_n=3).compress_documents(docs(), QUERY)
+    assert [len(b) for b in seen] == [min(size, len(PASSAGES))] + ([len(PASSAGES) - size] if len(PASSAGES) > size else [])
 
 
 def test_plain_transformers_rerank_equals_the_langchain_path(model, spread_cross_encoder_path):
