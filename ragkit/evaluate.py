@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.metadata
 import json
+import os
+import pickle
 import platform
 import sqlite3
 import time
@@ -343,10 +346,12 @@ def experiment(
             query through the LangChain retriever the notebooks teach. Both give the same runs.
         latency_queries: how many queries are timed one at a time, uncached, per pipeline.
         n_resamples: permutations and bootstrap samples.
-        use_cache: reuse first-stage runs, pair scores and latency timings cached under
-            ``settings.cache_dir()``. Timings are reused only for the same pipeline, queries,
-            index, device, CPU or GPU, thread count and library versions, and the report says
-            when they were measured; ``use_cache=False`` measures everything afresh.
+        use_cache: reuse what earlier runs cached under ``settings.cache_dir()``: the whole
+            result of an identical call (same collection, queries, qrels, pipelines, models,
+            settings, device and library versions), else first-stage runs, pair scores and
+            latency timings (reused only on the same hardware, threads and versions). The
+            report says what was reused and when it was measured; ``use_cache=False``
+            computes and measures everything afresh (the Chroma index is reused all the same).
 
     Example:
         >>> result = experiment(subset, grid(rerankers=[None, "cross-encoder/ms-marco-MiniLM-L-12-v2"]))  # doctest: +SKIP
@@ -364,6 +369,68 @@ def experiment(
     parsed = parse_measures(measures)
     device = resolve_device(device)
     batch_size = rerank_batch_size(device) if batch_size is None else batch_size
+    root = cache_dir()
+    saved = None
+    if use_cache:
+        key = _experiment_key(collection, pipelines, [str(m) for m in parsed], base_index, device, batch_size, engine,
+                              latency_queries, n_resamples, seed)
+        saved = root / "experiments" / f"{key}.pkl"
+        if saved.is_file():
+            with saved.open("rb") as f:
+                result: Experiment = pickle.load(f)
+            result.meta["reused_result"] = True
+            return result
+    result = _run_experiment(collection, pipelines, parsed, base_index, device, batch_size, engine, latency_queries,
+                             n_resamples, seed, root if use_cache else None, show_progress)
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            pickle.dump(result, f)
+        tmp.replace(saved)  # atomic: a half-written result is never read back
+    return result
+
+
+def _experiment_key(collection: BeirCollection, pipelines: list[Pipeline], measures: list[str], base_index: int,
+                    device: str, batch_size: int, engine: str, latency_queries: int, n_resamples: int,
+                    seed: int) -> str:
+    """Everything an experiment's result depends on, cheap to compute: no model is loaded and
+    no index opened, so that re-running an unchanged grid costs little more than the imports."""
+    from ragkit import retrievers
+
+    models = sorted({m for p in pipelines for m in (p.embedder, p.reranker) if m})
+    return _digest("experiment", collection.fingerprint(), sorted(collection.queries.items()),
+                   sorted((q, sorted(d.items())) for q, d in collection.qrels.items()),
+                   [asdict(p) for p in pipelines], measures, base_index, device, device_description(device),
+                   os.cpu_count(), os.environ.get("OMP_NUM_THREADS"), batch_size, engine, latency_queries,
+                   n_resamples, seed, {m: _model_state(m) for m in models}, versions(), _code_state(),
+                   _SCORING_FORMAT, retrievers._INDEX_FORMAT, retrievers._HNSW)
+
+
+def _code_state() -> str:
+    """A digest of ragkit's own source: a stored result answers only the code that computed
+    it, so an edit to an editable install (whose version number stays put) recomputes."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _model_state(model_id: str) -> Any:
+    """A model's identity for cache keys: its revision, or for a local folder (whose revision
+    is just "local") the names, sizes and modification times of its files, so retraining a
+    model in place is noticed."""
+    folder = Path(model_id)
+    if not folder.is_dir():
+        return model_revision(model_id)
+    return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in folder.rglob("*") if f.is_file())
+
+
+def _run_experiment(collection: BeirCollection, pipelines: list[Pipeline], parsed: list[Any], base_index: int,
+                    device: str, batch_size: int, engine: str, latency_queries: int, n_resamples: int, seed: int,
+                    root: Path | None, show_progress: bool) -> Experiment:
+    names = [p.name for p in pipelines]
     query_ids = sorted(collection.queries)
     query_texts = [collection.queries[q] for q in query_ids]
 
@@ -372,14 +439,13 @@ def experiment(
     latency_measured: dict[str, dict[str, Any]] = {}  # pipeline -> when its timings were taken, and if reused
     stages: dict[tuple[str, str | None], Any] = {}
     candidates: dict[tuple[str, str | None], list[list[tuple[str, float]]]] = {}
-    root = cache_dir()
-    pair_cache = PairScoreCache(root / "pair_scores.sqlite") if use_cache else None
+    pair_cache = PairScoreCache(root / "pair_scores.sqlite") if root is not None else None
     try:
         for key in dict.fromkeys(_first_stage_key(p) for p in pipelines):
             depth = max(p.k for p in pipelines if _first_stage_key(p) == key)
             stage = _build_first_stage(collection, key, device, show_progress)
             stages[key] = stage
-            candidates[key] = _first_stage_run(stage, key, query_texts, depth, root if use_cache else None)
+            candidates[key] = _first_stage_run(stage, key, query_texts, depth, root)
 
         bar = tqdm(pipelines, desc="pipelines", disable=not show_progress)
         for p in bar:
@@ -396,7 +462,7 @@ def experiment(
             runs[p.name] = run
             if latency_queries > 0:
                 rows, latency_measured[p.name] = _pipeline_latency(p, stage, collection, query_ids[:latency_queries],
-                                                                   device, batch_size, root if use_cache else None)
+                                                                   device, batch_size, root)
                 latency_rows += rows
     finally:
         if pair_cache is not None:
@@ -410,6 +476,7 @@ def experiment(
     latency = _latency_table(latency_rows)
     meta = _meta(collection, pipelines, names[base_index], [str(m) for m in parsed], device, engine, batch_size)
     meta["latency_measured"] = latency_measured
+    meta["reused_result"] = False
     return Experiment(table=table, per_query=per_query, latency=latency, runs=runs, meta=meta)
 
 
@@ -490,16 +557,18 @@ def _langchain_run(p: Pipeline, stage: Any, collection: BeirCollection, query_id
 
 def _pipeline_latency(p: Pipeline, stage: Any, collection: BeirCollection, query_ids: list[str], device: str,
                       batch_size: int, root: Path | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Per-query stage timings, and when they were measured (``{"measured": date, "reused": bool}``). With a cache ``root``, timings of
-    the same pipeline, queries and index on the same hardware, thread count and library
-    versions are reused: re-measuring them would only add noise, and it is most of what an
-    unchanged grid's re-run would otherwise cost."""
+    """Per-query stage timings, and when they were measured (``{"measured": date, "reused": bool}``).
+
+    With a cache ``root``, timings of the same pipeline, queries and index on the same
+    hardware, thread count and library versions are reused: re-measuring them would only add
+    noise, and it is most of what re-running a grid that shares pipelines would cost."""
     import torch
 
     path = None
     if root is not None:
-        key = _digest(asdict(p), stage.fingerprint, [(q, collection.queries[q]) for q in query_ids], device,
-                      device_description(device), torch.get_num_threads(), versions(), batch_size,
+        # top_n only cuts the scored list, so pipelines that differ in it cost the same to serve.
+        key = _digest({**asdict(p), "top_n": None}, stage.fingerprint, [(q, collection.queries[q]) for q in query_ids],
+                      device, device_description(device), torch.get_num_threads(), versions(), batch_size,
                       model_revision(p.reranker) if p.reranker else None, _SCORING_FORMAT)
         path = root / "latency" / f"{key}.json"
         if path.is_file():
@@ -617,15 +686,9 @@ def versions() -> dict[str, str]:
         >>> sorted(versions())[:3]
         ['ir-measures', 'python', 'ragkit']
     """
-    import sentence_transformers
-    import torch
-    import transformers
-
-    import ragkit
-
-    return {"ragkit": ragkit.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "sentence-transformers": sentence_transformers.__version__, "ir-measures": ir_measures.__version__,
-            "python": platform.python_version()}
+    # Installed metadata, not the modules: importing sentence-transformers takes seconds.
+    names = ["ragkit", "torch", "transformers", "sentence-transformers", "ir-measures"]
+    return {**{n: importlib.metadata.version(n) for n in names}, "python": platform.python_version()}
 
 
 def _meta(collection: BeirCollection, pipelines: list[Pipeline], baseline: str, measures: list[str], device: str,

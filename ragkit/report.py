@@ -89,6 +89,9 @@ def markdown_summary(exp: Experiment) -> str:
     lines = [f"# ragkit evaluation: {meta['collection']} ({meta['split']})", ""]
     if meta["is_subset"]:
         lines += [f"> **{SUBSET_WARNING}**", ""]
+    if meta.get("reused_result"):
+        lines += [f"> Reused from ragkit's cache: the result of an identical run on {meta['date']} (same data, "
+                  "pipelines, models, settings, device and versions). `ragkit eval --no-cache` recomputes it.", ""]
     lines += [f"- collection: {meta['collection_summary']}",
               f"- queries: {meta['n_queries']}, documents: {meta['n_docs']}",
               f"- baseline: `{meta['baseline']}`; device: {meta['device']} ({meta['device_name']}); date: {meta['date']}",

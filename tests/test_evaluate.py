@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -99,20 +100,53 @@ def test_latency_timings_are_reused_for_an_unchanged_pipeline_and_remeasured_on_
     first = experiment(demo, reranked, latency_queries=2, show_progress=False, n_resamples=50)
     assert first.meta["latency_measured"][reranked[0].name]["reused"] is False
     scored_pairs.clear()
-    again = experiment(demo, reranked, latency_queries=2, show_progress=False, n_resamples=50)
+    # Other resamples and another top_n: a new result, but the same pipeline to time.
+    reranked_top3 = [Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=5, top_n=3)]
+    again = experiment(demo, reranked_top3, latency_queries=2, show_progress=False, n_resamples=60)
     assert sum(scored_pairs) == 0  # neither the run nor the latency queries scored anything
-    assert again.meta["latency_measured"] == {reranked[0].name: {**first.meta["latency_measured"][reranked[0].name],
-                                                                 "reused": True}}
-    pd.testing.assert_frame_equal(again.latency, first.latency)
+    assert again.meta["latency_measured"] == {reranked_top3[0].name: {
+        **first.meta["latency_measured"][reranked[0].name], "reused": True}}
+    pd.testing.assert_frame_equal(again.latency.drop(columns="pipeline"), first.latency.drop(columns="pipeline"))
     assert "reused from the cache" in markdown_summary(again)
     # Another batch size is another measurement; use_cache=False measures everything afresh.
-    other = experiment(demo, reranked, latency_queries=2, show_progress=False, n_resamples=50, batch_size=2)
+    other = experiment(demo, reranked, latency_queries=2, show_progress=False, n_resamples=70, batch_size=2)
     assert other.meta["latency_measured"][reranked[0].name]["reused"] is False
+    fewer = experiment(demo, reranked, latency_queries=1, show_progress=False, n_resamples=70)
+    assert fewer.meta["latency_measured"][reranked[0].name]["reused"] is False
     scored_pairs.clear()
     fresh = experiment(demo, reranked, latency_queries=2, show_progress=False, n_resamples=50, use_cache=False)
     assert fresh.meta["latency_measured"][reranked[0].name]["reused"] is False
     assert sum(scored_pairs) == 5 * len(demo.queries) + 2 * 5  # the run, then two latency queries of 5
     assert "reused from the cache" not in markdown_summary(fresh)
+
+
+def test_an_unchanged_experiment_is_reused_whole_and_anything_changed_recomputes(
+        demo, tiny_embedder_path, tiny_cross_encoder_path, cache, monkeypatch):
+    built: list[object] = []
+    real_build = evaluate._build_first_stage
+    monkeypatch.setattr(evaluate, "_build_first_stage", lambda *a: built.append(a) or real_build(*a))
+    pipelines = [Pipeline(embedder=tiny_embedder_path), Pipeline(embedder=tiny_embedder_path,
+                                                                 reranker=tiny_cross_encoder_path, k=5)]
+    first = experiment(demo, pipelines, latency_queries=1, show_progress=False, n_resamples=50)
+    assert len(built) == 1 and first.meta["reused_result"] is False
+    again = experiment(demo, pipelines, latency_queries=1, show_progress=False, n_resamples=50)
+    assert len(built) == 1  # no index opened, no model loaded
+    assert again.meta["reused_result"] is True and again.meta["date"] == first.meta["date"]
+    pd.testing.assert_frame_equal(again.table, first.table)
+    assert again.runs == first.runs
+    assert "Reused from ragkit's cache" in markdown_summary(again)
+    assert "Reused from ragkit's cache" not in markdown_summary(first)
+    # Any input of the result misses: other qrels, other settings, a model retrained in place.
+    fewer_qrels = replace(demo, qrels={q: d for q, d in list(demo.qrels.items())[1:]})
+    for changed in (lambda: experiment(fewer_qrels, pipelines, latency_queries=1, show_progress=False, n_resamples=50),
+                    lambda: experiment(demo, pipelines, latency_queries=1, show_progress=False, n_resamples=51),
+                    lambda: experiment(demo, pipelines, latency_queries=1, show_progress=False, n_resamples=50,
+                                       use_cache=False)):
+        assert changed().meta["reused_result"] is False
+    weights = next(Path(tiny_cross_encoder_path).glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert experiment(demo, pipelines, latency_queries=1, show_progress=False,
+                      n_resamples=50).meta["reused_result"] is False
 
 
 def test_first_stage_runs_are_cached_per_fingerprint(demo, tiny_embedder_path, cache):
