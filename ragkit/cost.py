@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import json
 import os
 import platform
 import random
@@ -703,6 +704,22 @@ def time_eval(args: Sequence[str], cache: str | Path, *, timeout_s: float | None
 
 
 # ----------------------------------------------------------------------------- provenance
+
+
+def stored_results(folder: str | Path, tag: str = "cpu") -> dict[str, dict[str, Any]]:
+    """The results ``benchmarks/rerank_cost.py`` stored for one device: section name -> its
+    record (``title``, ``environment``, ``parameters``, ``notes``, and ``tables``, each a list of
+    rows that ``pd.DataFrame`` takes as is).
+
+    Example:
+        >>> stored = stored_results("benchmarks/results", "cpu")  # doctest: +SKIP
+        >>> pd.DataFrame(stored["throughput"]["tables"]["targets"])  # doctest: +SKIP
+    """
+    found = {p.name.removesuffix(f"-{tag}.json"): json.loads(p.read_text())
+             for p in sorted(Path(folder).glob(f"*-{tag}.json"))}
+    if not found:
+        raise RagkitError(f"No benchmark results for {tag!r} in {folder}: run benchmarks/rerank_cost.py there first.")
+    return found
 
 
 def environment(device: str = "cpu", models: Sequence[str] = ()) -> dict[str, Any]:

@@ -77,9 +77,10 @@ CHUNK_SIZE = 400  # characters per chunk when long documents are split (the desi
 CHUNK_OVERLAP = 50
 INDEX_BATCH_SIZE = 256  # documents embedded and added to Chroma per step (capped by Chroma's limit)
 # (query, passage) pairs per cross-encoder forward pass, by kind of device. On a CPU small
-# batches are fastest: on 2 cores, batches of 4 or 8 score 20-30% more SciFact pairs per second
-# than batches of 32 (less padding, and attention over smaller tensors stays in cache; see
-# benchmarks/results/batch_size-cpu.json). A GPU needs large batches to keep busy.
+# batches are fastest: on 2 cores the pooled stream scored about 30% more SciFact pairs per
+# second in batches of 8 than of 32, and the per-query path as many in batches of 2-8 (less
+# padding, smaller attention tensors; benchmarks/results/batch_size-cpu.json). A GPU needs
+# large batches to keep busy.
 RERANK_BATCH_SIZE = {"cpu": 8, "gpu": 128}
 
 
