@@ -1,0 +1,56 @@
+"""The committed benchmark results and what the README shows of them stay one and the same.
+
+``benchmarks/rerank_cost.py`` writes ``benchmarks/results/<section>-cpu.json`` and the README's
+headline block from them; these tests fail when either is edited without the other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SECTIONS_MEASURED_ON_CPU = ["throughput", "batch_size", "max_length", "backends", "loader_cache", "rerun",
+                            "end_to_end_full"]
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("rerank_cost", ROOT / "benchmarks" / "rerank_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_cpu_section_is_committed_with_its_provenance():
+    for section in SECTIONS_MEASURED_ON_CPU:
+        record = json.loads((RESULTS / f"{section}-cpu.json").read_text())
+        assert record["quick"] is False, section
+        env = record["environment"]
+        assert env["device"] == "cpu" and env["versions"]["torch"] and env["date"], section
+        assert all(rows for rows in record["tables"].values()), section
+
+
+def test_readme_headline_is_what_the_committed_results_say(script):
+    readme = (ROOT / "README.md").read_text()
+    assert script.readme_block(readme, "cpu", script.headline(RESULTS, "cpu")) == readme
+
+
+def test_headline_follows_the_results_it_is_written_from(script, tmp_path):
+    for path in RESULTS.glob("*-cpu.json"):
+        shutil.copy(path, tmp_path / path.name)
+    record = json.loads((tmp_path / "rerun-cpu.json").read_text())
+    record["tables"]["rerun"][1]["speedup"] = 3.0
+    (tmp_path / "rerun-cpu.json").write_text(json.dumps(record))
+    changed = script.headline(tmp_path, "cpu")
+    assert changed != script.headline(RESULTS, "cpu")
+    assert "(3 x) | >= 20 x: not met" in changed
+    with pytest.raises(ValueError, match="no <!-- rerank_cost-cuda"):
+        script.readme_block("# a README without a block\n", "cuda", changed)
