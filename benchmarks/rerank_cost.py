@@ -290,9 +290,10 @@ def backends_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, A
     table = pd.DataFrame(rows)
     notes.append("The ONNX runtimes cannot become a ragkit option as things stand: HuggingFaceRerankerLoader "
                  "builds LangChain's HuggingFaceCrossEncoder, i.e. a sentence-transformers CrossEncoder, whose "
-                 "backends need the optimum packages above. torch bf16 already loads through the loader "
-                 "(model_kwargs={'model_kwargs': {'dtype': 'bfloat16'}}) but changes the scores, so the evaluation "
-                 "engine does not offer it.")
+                 "backends need the optimum packages above. torch bf16 passes the rule, so ragkit offers it as an "
+                 "opt-in precision: Pipeline(reranker_dtype='bfloat16'), ragkit eval --reranker-dtypes bfloat16, "
+                 "ragkit.rerank.load_reranker(name, dtype='bfloat16'). It stays off by default: CPUs without bf16 "
+                 "support run it slower, and it changes scores slightly.")
     return ({"backends": table},
             {"speed": bench.sample_parameters(speed), "quality": bench.sample_parameters(quality), "batch_size": bs,
              "repeats": bench.sizes.repeats}, notes)

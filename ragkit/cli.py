@@ -69,7 +69,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.subset:
         collection = make_subset(collection, args.subset, seed=args.seed)
     print(collection.summary())
-    pipelines = grid(embedders, rerankers, args.k, args.top_n or [None], bm25=args.bm25)
+    pipelines = grid(embedders, rerankers, args.k, args.top_n or [None], bm25=args.bm25,
+                     reranker_dtypes=args.reranker_dtypes)
     result = experiment(collection, pipelines, measures=args.measures, device=device, batch_size=args.batch_size,
                         latency_queries=args.latency_queries, use_cache=not args.no_cache)
     result.save(output)
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         DEFAULT_SUBSET_QUERIES,
         LATENCY_QUERIES,
         RERANK_BATCH_SIZE,
+        RERANK_DTYPES,
     )
 
     parser = argparse.ArgumentParser(prog="ragkit", description=__doc__)
@@ -104,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bm25", action="store_true", help="add BM25 as a first stage too")
     e.add_argument("--k", nargs="+", type=int, default=[DEFAULT_RERANK_K], help="candidates the reranker sees")
     e.add_argument("--top-n", nargs="+", type=int, default=None, help="reranked documents kept (default: k)")
+    e.add_argument("--reranker-dtypes", nargs="+", default=["float32"], choices=RERANK_DTYPES, metavar="DTYPE",
+                   help="cross-encoder weight precision(s), each a pipeline: float32 (default), bfloat16 (faster on "
+                        "GPUs and on CPUs with bf16 support, slower on others), float16 (GPUs)")
     e.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES), help="ir-measures names")
     e.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu, cuda, cuda:N")
     e.add_argument("--batch-size", type=int, default=None,

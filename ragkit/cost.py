@@ -56,6 +56,7 @@ from ragkit.models import model_revision
 from ragkit.rerank import (
     ScoredCrossEncoderReranker,
     default_batch_size,
+    load_reranker,
     rerank,
     score_pairs,
     token_lengths,
@@ -177,27 +178,6 @@ def candidate_pairs(
 
 
 # ----------------------------------------------------------------------------- the four paths
-
-
-def load_reranker(model_name: str, device: str = "auto", dtype: str = "float32") -> Any:
-    """The cached ``HuggingFaceCrossEncoder`` for ``model_name`` on ``device``, with its weights
-    in ``dtype`` (``"float32"``, ``"float16"`` or ``"bfloat16"``; half precision is for GPUs).
-
-    float32 asks for exactly what ``ragkit eval`` loads, so both share one cached instance.
-
-    Example:
-        >>> model = load_reranker("cross-encoder/ms-marco-MiniLM-L-12-v2", "cpu")
-        >>> str(model.client.model.dtype)
-        'torch.float32'
-    """
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise RagkitError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}.")
-    kwargs: dict[str, Any] = {"device": resolve_device(device)}
-    if dtype != "float32":
-        # sentence-transformers hands model_kwargs to transformers' from_pretrained (dtype=...).
-        kwargs["model_kwargs"] = {"dtype": dtype}
-    return HuggingFaceRerankerLoader(model_name, model_kwargs=kwargs)
-
 
 
 def _cross_encoder(model: Any) -> Any:

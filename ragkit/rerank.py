@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from ragkit.errors import RagkitError
 from ragkit.loaders import HuggingFaceRerankerLoader, hub_offline, model_not_found, resolve_device
 from ragkit.models import is_available_offline
-from ragkit.settings import DEFAULT_DEVICE, DEFAULT_RERANKER, DEFAULT_TOP_N, rerank_batch_size
+from ragkit.settings import DEFAULT_DEVICE, DEFAULT_RERANKER, DEFAULT_TOP_N, RERANK_DTYPES, rerank_batch_size
 
 if TYPE_CHECKING:
     from langchain_classic.retrievers import ContextualCompressionRetriever
@@ -86,6 +86,27 @@ def _predict_lock(cross_encoder: Any) -> threading.Lock:
     threads tokenizing with different ``max_length`` would otherwise truncate with each other's."""
     with _PREDICT_LOCKS_GUARD:
         return _PREDICT_LOCKS.setdefault(cross_encoder, threading.Lock())
+
+
+def load_reranker(model_name: str, device: str = "auto", dtype: str = "float32") -> Any:
+    """The cached ``HuggingFaceCrossEncoder`` for ``model_name`` on ``device``, with its weights
+    in ``dtype`` (one of ``settings.RERANK_DTYPES``; float16 is for GPUs, bfloat16 for GPUs and
+    CPUs with bf16 support).
+
+    float32 asks for exactly what ``ragkit eval`` loads, so both share one cached instance.
+
+    Example:
+        >>> model = load_reranker("cross-encoder/ms-marco-MiniLM-L-12-v2", "cpu")
+        >>> str(model.client.model.dtype)
+        'torch.float32'
+    """
+    if dtype not in RERANK_DTYPES:
+        raise RagkitError(f"dtype must be one of {', '.join(RERANK_DTYPES)}, got {dtype!r}.")
+    kwargs: dict[str, Any] = {"device": resolve_device(device)}
+    if dtype != "float32":
+        # sentence-transformers hands model_kwargs to transformers' from_pretrained (dtype=...).
+        kwargs["model_kwargs"] = {"dtype": dtype}
+    return HuggingFaceRerankerLoader(model_name, model_kwargs=kwargs)
 
 
 def token_lengths(model: Any, pairs: Sequence[Pair], max_length: int | None = None) -> np.ndarray:

@@ -82,6 +82,11 @@ INDEX_BATCH_SIZE = 256  # documents embedded and added to Chroma per step (cappe
 # padding, smaller attention tensors; benchmarks/results/batch_size-cpu.json). A GPU needs
 # large batches to keep busy.
 RERANK_BATCH_SIZE = {"cpu": 8, "gpu": 128}
+# Cross-encoder weight precisions ragkit offers; float32 is the default everywhere. bfloat16
+# scored 2.45 x faster than float32 on a CPU with bf16 support, at the same nDCG@10 on a
+# SciFact subset (benchmarks/results/backends-cpu.json); CPUs without it run bf16 slower.
+# float16 is for GPUs.
+RERANK_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def rerank_batch_size(device: str) -> int:

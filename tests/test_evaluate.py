@@ -149,6 +149,24 @@ def test_an_unchanged_experiment_is_reused_whole_and_anything_changed_recomputes
                       n_resamples=50).meta["reused_result"] is False
 
 
+def test_reranker_precision_is_part_of_the_pipeline_and_of_its_cached_scores(
+        demo, tiny_embedder_path, tiny_cross_encoder_path, cache, scored_pairs):
+    fp32 = Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=5)
+    bf16 = Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=5, reranker_dtype="bfloat16")
+    assert bf16.name == fp32.name.replace("(k=5", "[bfloat16](k=5")
+    assert Pipeline(embedder=tiny_embedder_path, reranker_dtype="bfloat16").reranker_dtype == "float32"
+    with pytest.raises(RagkitError, match="reranker_dtype must be one of float32, bfloat16, float16"):
+        Pipeline(reranker=tiny_cross_encoder_path, reranker_dtype="int8")
+    assert [p.reranker_dtype for p in grid([tiny_embedder_path], [None, tiny_cross_encoder_path], [5],
+                                           reranker_dtypes=["float32", "bfloat16"])] == ["float32", "float32", "bfloat16"]
+    assert str(evaluate._reranker(bf16, "cpu").client.model.dtype) == "torch.bfloat16"
+    result = experiment(demo, [fp32, bf16], latency_queries=0, show_progress=False, n_resamples=50)
+    assert sum(scored_pairs) == 2 * 5 * len(demo.queries)  # bf16 never reads fp32's cached scores
+    diffs = [abs(score - result.runs[fp32.name][q][d]) for q in demo.queries
+             for d, score in result.runs[bf16.name][q].items() if d in result.runs[fp32.name][q]]
+    assert diffs and 0 < max(diffs) < 0.05  # rounded, not rescaled
+
+
 def test_first_stage_runs_are_cached_per_fingerprint(demo, tiny_embedder_path, cache):
     experiment(demo, [Pipeline(embedder=tiny_embedder_path)], latency_queries=0, show_progress=False, n_resamples=50)
     assert len(list((cache / "runs").glob("*.json"))) == 1
