@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import json
-import os
 import pickle
 import platform
 import sqlite3
@@ -282,6 +281,14 @@ class PairScoreCache:
         self._db.close()
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write a cache file so that a half-written one is never read back (an error, Ctrl-C)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -395,11 +402,7 @@ def experiment(
     result = _run_experiment(collection, pipelines, parsed, base_index, device, batch_size, engine, latency_queries,
                              n_resamples, seed, root if use_cache else None, show_progress)
     if saved is not None:
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        tmp = saved.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            pickle.dump(result, f)
-        tmp.replace(saved)  # atomic: a half-written result is never read back
+        _write_atomically(saved, pickle.dumps(result))
     return result
 
 
@@ -413,10 +416,17 @@ def _experiment_key(collection: BeirCollection, pipelines: list[Pipeline], measu
     models = sorted({m for p in pipelines for m in (p.embedder, p.reranker) if m})
     return _digest("experiment", collection.fingerprint(), sorted(collection.queries.items()),
                    sorted((q, sorted(d.items())) for q, d in collection.qrels.items()),
-                   [asdict(p) for p in pipelines], measures, base_index, device, device_description(device),
-                   os.cpu_count(), os.environ.get("OMP_NUM_THREADS"), batch_size, engine, latency_queries,
-                   n_resamples, seed, {m: _model_state(m) for m in models}, versions(), _code_state(),
+                   [asdict(p) for p in pipelines], measures, base_index, _machine_state(device), batch_size,
+                   engine, latency_queries, n_resamples, seed, {m: _model_state(m) for m in models}, _code_state(),
                    _SCORING_FORMAT, retrievers._INDEX_FORMAT, retrievers._HNSW)
+
+
+def _machine_state(device: str) -> tuple[Any, ...]:
+    """What timings depend on besides the work itself: device, CPU or GPU model, torch
+    threads and library versions. torch is already imported by ``resolve_device``."""
+    import torch
+
+    return device, device_description(device), torch.get_num_threads(), versions()
 
 
 def _code_state() -> str:
@@ -509,10 +519,7 @@ def _first_stage_run(stage: Any, key: tuple[str, str | None], queries: list[str]
             return [[(d, s) for d, s in hits] for hits in json.loads(path.read_text())]
     hits = stage.search(queries, depth)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(hits))
-        tmp.replace(path)  # atomic: a half-written cache file is never read back
+        _write_atomically(path, json.dumps(hits).encode())
     return hits
 
 
@@ -524,7 +531,7 @@ def _rerank_batched(p: Pipeline, cands: list[list[tuple[str, float]]], collectio
                     query_ids: list[str], device: str, batch_size: int, cache: PairScoreCache | None,
                     show_progress: bool) -> Run:
     model = _reranker(p, device)
-    model_key = _digest(p.reranker, model_revision(p.reranker), device, model.client.max_seq_length, _SCORING_FORMAT,
+    model_key = _digest(p.reranker, _model_state(p.reranker), device, model.client.max_seq_length, _SCORING_FORMAT,
                         p.reranker_dtype)
     pairs = [(collection.queries[q], collection.text(d)) for q, hits in zip(query_ids, cands) for d, _ in hits]
     keys = [PairScoreCache.pair_key(*pair) for pair in pairs]
@@ -575,14 +582,12 @@ def _pipeline_latency(p: Pipeline, stage: Any, collection: BeirCollection, query
     With a cache ``root``, timings of the same pipeline, queries and index on the same
     hardware, thread count and library versions are reused: re-measuring them would only add
     noise, and it is most of what re-running a grid that shares pipelines would cost."""
-    import torch
-
     path = None
     if root is not None:
         # top_n only cuts the scored list, so pipelines that differ in it cost the same to serve.
         key = _digest({**asdict(p), "top_n": None}, stage.fingerprint, [(q, collection.queries[q]) for q in query_ids],
-                      device, device_description(device), torch.get_num_threads(), versions(), batch_size,
-                      model_revision(p.reranker) if p.reranker else None, _SCORING_FORMAT)
+                      _machine_state(device), batch_size, _model_state(p.reranker) if p.reranker else None,
+                      _SCORING_FORMAT)
         path = root / "latency" / f"{key}.json"
         if path.is_file():
             saved = json.loads(path.read_text())
@@ -590,10 +595,7 @@ def _pipeline_latency(p: Pipeline, stage: Any, collection: BeirCollection, query
     rows = _time_pipeline(p, stage, collection, query_ids, device, batch_size)
     measured = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"rows": rows, "measured": measured}))
-        tmp.replace(path)
+        _write_atomically(path, json.dumps({"rows": rows, "measured": measured}).encode())
     return rows, {"measured": measured, "reused": False}
 
 

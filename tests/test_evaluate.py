@@ -121,7 +121,7 @@ def test_latency_timings_are_reused_for_an_unchanged_pipeline_and_remeasured_on_
 
 
 def test_an_unchanged_experiment_is_reused_whole_and_anything_changed_recomputes(
-        demo, tiny_embedder_path, tiny_cross_encoder_path, cache, monkeypatch):
+        demo, tiny_embedder_path, tiny_cross_encoder_path, cache, monkeypatch, scored_pairs):
     built: list[object] = []
     real_build = evaluate._build_first_stage
     monkeypatch.setattr(evaluate, "_build_first_stage", lambda *a: built.append(a) or real_build(*a))
@@ -145,8 +145,11 @@ def test_an_unchanged_experiment_is_reused_whole_and_anything_changed_recomputes
         assert changed().meta["reused_result"] is False
     weights = next(Path(tiny_cross_encoder_path).glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    scored_pairs.clear()
     assert experiment(demo, pipelines, latency_queries=1, show_progress=False,
                       n_resamples=50).meta["reused_result"] is False
+    # Nor are its cached pair scores and timings reused: a local folder's revision is just "local".
+    assert sum(scored_pairs) == 5 * len(demo.queries) + 5
 
 
 def test_reranker_precision_is_part_of_the_pipeline_and_of_its_cached_scores(
