@@ -66,6 +66,7 @@ from ragkit.cost import (
     path_targets,
     reranking_paths,
     score_agreement,
+    stored_results,
     time_calls,
     time_eval,
 )
@@ -101,7 +102,7 @@ class Sizes:
     eval_args: list[str] = field(default_factory=list)  # what `ragkit eval` the rerun section times
 
 
-# At about 5 pairs/s (L-12, SciFact lengths, 2 cores) these keep the default sections near 25-30 minutes.
+# On 2 CPU cores (L-12, SciFact lengths, batch 8: about 9 pairs/s) the default sections took 27 minutes.
 CPU = Sizes(quality_queries=30, speed_queries=8, sweep_queries=4, backend_queries=15, k=20, deep_queries=2,
             deep_k=100, repeats=3, batch_sizes=[2, 4, 8, 16, 32, 64])
 # One query's 100 candidates are too few to keep a GPU busy; many queries' pooled pairs are not.
@@ -429,11 +430,8 @@ def write_markdown(folder: Path, tag: str) -> Path:
     """``rerank_cost-<tag>.md``: every section file of this device, in section order."""
     lines = [f"# What reranking costs ({tag})", "",
              "Written by `benchmarks/rerank_cost.py` from the JSON files beside it; medians over repeats.", ""]
-    for section in SECTIONS:
-        path = folder / f"{section}-{tag}.json"
-        if not path.is_file():
-            continue
-        record = json.loads(path.read_text())
+    stored = stored_results(folder, tag)
+    for record in (stored[section] for section in SECTIONS if section in stored):
         env = record["environment"]
         ver = env["versions"]
         where = (f"CPU: {env['machine']}" if env["device"] == "cpu"
@@ -462,14 +460,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def headline(folder: Path, tag: str) -> str:
     """The few figures the README shows, from this device's section files: each target of
     the issue with the measured value, and end-to-end minutes."""
-    def load(section: str) -> dict[str, Any] | None:
-        path = folder / f"{section}-{tag}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
+    stored = stored_results(folder, tag)
     rows: list[dict[str, Any]] = []
-    when: set[str] = set()
-    if (record := load("throughput")) is not None:
-        when.add(record["environment"]["date"][:10])
+    if (record := stored.get("throughput")) is not None:
         for name, table in record["tables"].items():
             if not name.startswith("targets"):
                 continue
@@ -480,32 +473,29 @@ def headline(folder: Path, tag: str) -> str:
                          "measured": " / ".join(f"{rate[p]:.1f}" for p in PATHS if p in rate), "target": ""})
             rows += [{"measure": f"{t['target']}, k={k}", "measured": f"{t['ratio']:.2f} x",
                       "target": f">= {t['at_least']} x: {'met' if t['met'] else 'not met'}"} for t in table]
-    if (record := load("backends")) is not None:
-        when.add(record["environment"]["date"][:10])
+    if (record := stored.get("backends")) is not None:
         rows += [{"measure": f"backend {r['backend']}", "measured": f"{r['speed_vs_torch']:.2f} x torch fp32"
                   + (f", nDCG@10 {r['ndcg@10_delta']:+.3f}" if r.get("ndcg@10_delta") is not None else ""),
                   "target": r["verdict"]} for r in record["tables"]["backends"] if r["backend"] != "torch fp32"]
-    if (record := load("loader_cache")) is not None:
-        when.add(record["environment"]["date"][:10])
+    if (record := stored.get("loader_cache")) is not None:
         rows += [{"measure": f"loader cache hit, {r['loader']}", "measured": f"{r['hit_us_p99']:.0f} us (p99)",
                   "target": f"< 1 ms: {'met' if r['hit_under_1ms'] else 'not met'}"} for r in record["tables"]["loaders"]]
-    if (record := load("rerun")) is not None:
-        when.add(record["environment"]["date"][:10])
+    if (record := stored.get("rerun")) is not None:
         first, second = record["tables"]["rerun"][:2]
         rows += [{"measure": "`make run` (default evaluation), fresh cache", "measured": f"{first['minutes']:.1f} min",
                   "target": ""},
                  {"measure": "the same, run again", "measured": f"{second['seconds']:.1f} s ({second['speedup']:.0f} x)",
                   "target": f">= {record['parameters']['target_speedup']} x: "
                             f"{'met' if second['speedup'] >= record['parameters']['target_speedup'] else 'not met'}"}]
-    if (record := load("end_to_end_full")) is not None:
-        when.add(record["environment"]["date"][:10])
+    if (record := stored.get("end_to_end_full")) is not None:
         row = record["tables"]["end_to_end"][0]
         rows.append({"measure": f"full SciFact test split (`{row['command']}`)", "measured": f"{row['minutes']:.1f} min",
                      "target": ""})
     if not rows:
         return ""
-    machine = next(load(s) for s in SECTIONS if load(s) is not None)["environment"]
-    return "\n".join([f"Measured on {machine['device_name']} ({', '.join(sorted(when))}); all figures in "
+    shown = [stored[s] for s in ("throughput", "backends", "loader_cache", "rerun", "end_to_end_full") if s in stored]
+    when = sorted({r["environment"]["date"][:10] for r in shown})
+    return "\n".join([f"Measured on {shown[0]['environment']['device_name']} ({', '.join(when)}); all figures in "
                       f"[`benchmarks/results/rerank_cost-{tag}.md`](benchmarks/results/rerank_cost-{tag}.md).", "",
                       markdown_table(rows)])
 
