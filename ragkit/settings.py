@@ -12,7 +12,11 @@ and the tests read the same value. Environment variables override the paths:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from ragkit.errors import ConfigError
 
 BEIR_DIR_ENV = "RAGKIT_BEIR_DIR"
 DATA_DIR_ENV = "RAGKIT_DATA_DIR"
@@ -31,6 +35,11 @@ BEIR_MIRROR_ENV = "RAGKIT_BEIR_MIRROR"
 # How long to wait for a download server to answer before calling it unreachable: short, so
 # that a machine without internet gets a clear error at once rather than a timeout.
 NETWORK_PROBE_TIMEOUT_S = 0.8
+
+# Queries `ragkit eval` samples by default, over the whole corpus (scores estimate the full
+# split's): on 2 CPU cores SciFact's 5,183 abstracts embed in about four minutes (once; the index
+# is cached) and 50 queries' 1,000 pairs rerank in two, which keeps the default run under ten.
+DEFAULT_EVAL_QUERIES = 50
 
 # Subsets for quick runs on a laptop CPU (see ragkit.data.make_subset): about 1,000 documents
 # embed in under a minute at ~20 docs/s, and 50 queries keep reranking to a few minutes.
@@ -56,10 +65,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV, default))
 
 
+def env_flag(variable: str) -> bool:
+    """Whether an on/off environment variable (``HF_HUB_OFFLINE``, ``RAGKIT_OFFLINE``...) is on:
+    ``1``, ``true``, ``yes`` or ``on``, in any case.
+
+    Example:
+        >>> os.environ["RAGKIT_EXAMPLE_FLAG"] = "Yes"
+        >>> env_flag("RAGKIT_EXAMPLE_FLAG"), env_flag("RAGKIT_UNSET_FLAG")
+        (True, False)
+    """
+    return os.environ.get(variable, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def beir_dir() -> Path | None:
     """Folder named by ``$RAGKIT_BEIR_DIR``, or ``None`` when the variable is unset."""
     value = os.environ.get(BEIR_DIR_ENV)
     return Path(value) if value else None
+
 
 # Evaluation. ir-measures names: nDCG@10, RR@10 (MRR@10) and R@100 are what BEIR reports.
 DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100")
@@ -67,7 +89,9 @@ FIRST_STAGE_DEPTH = 100  # documents a retriever-only pipeline returns (R@100 ne
 # Candidates a reranker sees by default: the L-12 cross-encoder scores about 5 SciFact pairs/s
 # on a 2-core CPU, so 20 per query keeps the default evaluation within minutes there.
 DEFAULT_RERANK_K = 20
-LATENCY_QUERIES = 10  # queries timed one at a time, uncached, for per-stage p50/p95 latency
+# Queries timed one at a time, uncached, for per-stage p50/p95 latency: with 30, a p95 rests on
+# the two slowest of thirty rather than being interpolated between the two slowest of ten.
+LATENCY_QUERIES = 30
 N_RESAMPLES = 10_000  # permutations and bootstrap samples for significance and CIs
 SIGNIFICANCE_LEVEL = 0.05
 
@@ -97,3 +121,48 @@ def rerank_batch_size(device: str) -> int:
         (8, 128)
     """
     return RERANK_BATCH_SIZE["cpu" if device == "cpu" else "gpu"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """How an evaluation is run, as one frozen object: ``experiment()`` builds it from its
+    keyword arguments, every stage reads it, and the result cache's key is computed from it.
+
+    Attributes:
+        measures: ir-measures names; the first is the one tables and plots lead with.
+        baseline: index or name of the pipeline the others are compared with.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``; one device for every model.
+        batch_size: cross-encoder batch size; ``None``: ``rerank_batch_size(device)``.
+        engine: ``"batched"`` (pooled scoring, on-disk caches) or ``"langchain"`` (each query
+            through the LangChain retriever the notebooks teach).
+        latency_queries: queries timed one at a time, uncached, per pipeline.
+        n_resamples: permutations and bootstrap samples.
+        seed: seed of the resampling.
+
+    Example:
+        >>> RunSettings(device="cpu", latency_queries=0).latency_queries
+        0
+    """
+
+    measures: tuple[str, ...] = DEFAULT_MEASURES
+    baseline: int | str = 0
+    device: str = DEFAULT_DEVICE
+    batch_size: int | None = None
+    engine: Literal["batched", "langchain"] = "batched"
+    latency_queries: int = LATENCY_QUERIES
+    n_resamples: int = N_RESAMPLES
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "measures", tuple([self.measures] if isinstance(self.measures, str) else self.measures)
+        )
+        if self.engine not in ("batched", "langchain"):
+            raise ConfigError(f"engine must be 'batched' or 'langchain', got {self.engine!r}.")
+        for name in ("latency_queries", "n_resamples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "latency_queries" else 1):
+                least = 0 if name == "latency_queries" else 1
+                raise ConfigError(f"{name} must be a whole number of at least {least}, got {value!r}.")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size!r}.")

@@ -1,0 +1,507 @@
+"""The result of an evaluation, as an object that knows how to become a table, Markdown and
+files. It depends on nothing above it: no models, no index, no plotting (``ragkit.report``
+adds the plots).
+
+Columns of the results table are named ``"<measure>"`` and ``"<measure> <statistic>"``
+(``ragkit.stats.aggregate`` makes them); ``meta`` holds what the run was (``RESULT_META``
+lists the keys every result has).
+
+Example:
+    >>> import pandas as pd
+    >>> print(markdown_table(pd.DataFrame({"k": [20], "pairs/s": [7.1]})))
+    | k | pairs/s |
+    |---|---|
+    | 20 | 7.1 |
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ragkit.cache import atomic_folder, check_writable
+
+Run = dict[str, dict[str, float]]  # query id -> doc id -> score
+
+SUBSET_WARNING = (
+    "ragkit subset, not the official split: these scores are not comparable with full-split (published) scores."
+)
+
+# The keys of ``EvaluationResult.meta``: what every report reads.
+RESULT_META = (
+    "collection", "split", "is_subset", "collection_summary", "n_queries", "n_docs", "pipelines", "baseline",
+    "measures", "device", "device_name", "engine", "batch_size", "model_revisions", "versions", "date",
+    "latency_measured", "reused_result",
+)  # fmt: skip
+
+
+def slug(name: str) -> str:
+    """A file-name-safe version of a pipeline name.
+
+    Example:
+        >>> slug("dense(all-MiniLM-L6-v2) >> ms-marco-MiniLM-L-12-v2(k=20, top_n=20)")
+        'dense_all-MiniLM-L6-v2_ms-marco-MiniLM-L-12-v2_k20_top_n20'
+    """
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.\-]+", "_", name.replace("=", ""))).strip("_")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of ``df``'s columns and rows (the index is left out).
+
+    Example:
+        >>> print(markdown_table(pd.DataFrame({"k": [20], "pairs/s": [7.1]})))
+        | k | pairs/s |
+        |---|---|
+        | 20 | 7.1 |
+    """
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(map(str, r)) + " |" for r in df.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def trec_run(run: Run, tag: str) -> str:
+    """A run in TREC format: ``qid Q0 docid rank score tag``, ranks from 1 by descending score.
+
+    Scores are written with every digit a float has (Python's shortest round-trip form), so a
+    scorer that re-reads the file and sorts by score (trec_eval breaks ties by document id)
+    gets exactly the ranking written: ragkit's runs have no ties, and rounding would make some.
+
+    Example:
+        >>> print(trec_run({"q1": {"d2": 0.5, "d1": 17.000000000000004}}, "demo"), end="")
+        q1 Q0 d1 1 17.000000000000004 demo
+        q1 Q0 d2 2 0.5 demo
+    """
+    lines = []
+    for qid in sorted(run):
+        ranked = sorted(run[qid].items(), key=lambda x: -x[1])
+        lines += [f"{qid} Q0 {doc} {rank} {float(score)!r} {tag}" for rank, (doc, score) in enumerate(ranked, 1)]
+    return "\n".join(lines) + "\n"
+
+
+# DataFrames go into the result cache as plain JSON (never pickle): values, index, and the
+# dtype of every column, so that a reused result is the same frame as a fresh one.
+def _number(value: float, digits: int = 3) -> str:
+    if not np.isfinite(value):
+        return "-inf" if value < 0 else "+inf"
+    return f"{round(value, digits) + 0.0:+.{digits}f}"  # + 0.0: no "-0.000"
+
+
+def _milliseconds(ms: float) -> str:
+    return f"{ms:,.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
+
+
+def _comparison_cells(row: pd.Series, prefix: str, measure: str) -> dict[str, str]:
+    """One comparison (columns ``<prefix> <statistic>``), as text: delta, CI, p, W/T/L, MDE,
+    queries needed."""
+    needed = row.get(f"{prefix} queries_needed", float("nan"))
+    mde = row.get(f"{prefix} mde", float("nan"))
+    return {
+        "delta": f"{row[f'{prefix} delta']:+.4f}" + ("*" if _is_true(row[f"{prefix} significant"]) else ""),
+        "95% CI": f"[{_number(row[f'{prefix} ci_low'])}, {_number(row[f'{prefix} ci_high'])}]",
+        "p (Holm)": f"{row[f'{prefix} p_perm_holm']:.3g}",
+        "W/T/L": f"{row[f'{prefix} wins']}/{row[f'{prefix} ties']}/{row[f'{prefix} losses']}",
+        "MDE": f"{mde:.3f}" if np.isfinite(mde) else "-",
+        "queries for delta": f"{needed:,.0f}" if np.isfinite(needed) else "-",
+    }
+
+
+def _is_true(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
+def _ms(latency: pd.DataFrame, pipeline: str, stage: str) -> tuple[float, int] | None:
+    """A pipeline stage's median milliseconds per query and how many queries were timed."""
+    rows = latency[(latency["pipeline"] == pipeline) & (latency["stage"] == stage)]
+    return (float(rows["p50_ms"].iloc[0]), int(rows["queries"].iloc[0])) if len(rows) else None
+
+
+def _p(value: float) -> str:
+    return f"{value:.2g}" if value >= 0.001 else "< 0.001"
+
+
+def verdict(result: EvaluationResult) -> str:
+    """See :meth:`EvaluationResult.verdict`."""
+    meta, table, m = result.meta, result.table, result.measures[0]
+    pipelines = {p["name"]: p for p in meta["pipelines"]}
+    n = meta["n_queries"]
+    sentences = []
+    for name, row in table.iterrows():
+        first_stage = row.get("first_stage")
+        if not isinstance(first_stage, str):
+            continue
+        p = pipelines[name]
+        delta, low, high = row[f"{m} own delta"], row[f"{m} own ci_low"], row[f"{m} own ci_high"]
+        if _is_true(row[f"{m} own significant"]):
+            judgement = "a gain distinguishable from zero" if delta > 0 else "a loss distinguishable from zero"
+        else:
+            judgement = "not distinguishable from zero"
+        dtype = "" if p.get("reranker_dtype", "float32") == "float32" else f" in {p['reranker_dtype']}"
+        text = (
+            f"Reranking the top {p['k']} of {first_stage} with {p['reranker']}{dtype} changes {m} by {delta:+.3f} "
+            f"(95% CI {_number(low)} to {_number(high)}, p {_p(row[f'{m} own p_perm_holm'])}) over {n} queries: "
+            f"{judgement}."
+        )
+        mde, needed = row[f"{m} own mde"], row[f"{m} own queries_needed"]
+        if np.isfinite(mde):
+            text += f" With this spread of per-query changes, {n} queries detect changes of {mde:.3f} or more"
+            if not _is_true(row[f"{m} own significant"]) and np.isfinite(needed) and needed > n:
+                text += f"; about {needed:,.0f} would be needed to detect {delta:+.3f}"
+            text += " (80% power)."
+        else:
+            text += " There are too few queries to say what this comparison could detect."
+        rerank, first = _ms(result.latency, name, "rerank"), _ms(result.latency, first_stage, "total")
+        if rerank is not None:
+            text += (f" Reranking adds {_milliseconds(rerank[0])} per query (median of {rerank[1]} queries served one "
+                     f"at a time on {meta['device_name']})")  # fmt: skip
+            text += f"; {first_stage} alone takes {_milliseconds(first[0])}." if first is not None else "."
+        sentences.append(text)
+    for name, row in table.iterrows():
+        if pipelines[name]["reranker"]:
+            continue
+        text = f"{name} without a reranker scores {row[m]:.3f} {m}"
+        if not row["baseline"]:
+            text += f" ({row[f'{m} delta']:+.3f} against {result.baseline}, 95% CI {_number(row[f'{m} ci_low'])} to "
+            text += f"{_number(row[f'{m} ci_high'])})"
+        total = _ms(result.latency, name, "total")
+        text += f" at {_milliseconds(total[0])} per query." if total is not None else "."
+        sentences.append(text)
+    if meta["is_subset"]:
+        sentences.append("These are scores on a ragkit subset, not the official split: compare the pipelines with "
+                         "each other, not with published numbers.")  # fmt: skip
+    return "\n".join(sentences)
+
+
+def _frame_to_json(df: pd.DataFrame) -> dict[str, Any]:
+    def cell(value: Any) -> Any:
+        if value is pd.NA or value is None:
+            return None
+        if isinstance(value, (np.bool_, bool)):
+            return bool(value)
+        if isinstance(value, np.integer):
+            return int(value)
+        if isinstance(value, np.floating):
+            return float(value)
+        return value
+
+    return {
+        "columns": [str(c) for c in df.columns],
+        "dtypes": [str(t) for t in df.dtypes],
+        "index": [cell(i) for i in df.index],
+        "index_name": df.index.name,
+        "data": [[cell(v) for v in row] for row in df.itertuples(index=False, name=None)],
+    }
+
+
+def _frame_from_json(data: dict[str, Any]) -> pd.DataFrame:
+    df = pd.DataFrame(data["data"], columns=data["columns"], index=data["index"])
+    df.index.name = data["index_name"]
+    for column, dtype in zip(data["columns"], data["dtypes"]):
+        df[column] = df[column].astype(dtype)
+    if data["index_name"] is None and df.index.tolist() == list(range(len(df))):
+        df.index = pd.RangeIndex(len(df))
+    return df
+
+
+@dataclass
+class EvaluationResult:
+    """What ``ragkit.experiment()`` returns.
+
+    Attributes:
+        table: one row per pipeline: each measure with its 95% CI, and against the baseline
+            its delta, the delta's 95% CI, t-test and randomization p-values (raw and
+            Holm-corrected) and win/tie/loss counts.
+        per_query: long table of (pipeline, query_id, measure, value).
+        latency: per pipeline and stage (embed query, vector search, rerank, total), p50 and
+            p95 milliseconds over queries timed one at a time.
+        runs: pipeline name -> query id -> doc id -> score.
+        meta: collection, subset flag, device, model revisions, versions, date (``RESULT_META``).
+        timings: every query timed: pipeline, query id and seconds per stage (what ``latency``
+            summarises).
+    """
+
+    table: pd.DataFrame
+    per_query: pd.DataFrame
+    latency: pd.DataFrame
+    runs: dict[str, Run]
+    meta: dict[str, Any] = field(default_factory=dict)
+    timings: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def measures(self) -> list[str]:
+        """The measures, the leading one first."""
+        return list(self.meta["measures"])
+
+    @property
+    def baseline(self) -> str:
+        """The name of the pipeline the others are compared with."""
+        return str(self.meta["baseline"])
+
+    def summary(self, measure: str | None = None) -> pd.DataFrame:
+        """A narrow table for one measure (default: the first): value, delta, CI, p, W/T/L."""
+        m = measure or self.measures[0]
+        cols = [m] + [f"{m} {c}" for c in ("delta", "ci_low", "ci_high", "p_perm_holm", "wins", "ties", "losses")]
+        out = self.table[cols].copy()
+        out.columns = [m, "Δ", "CI low", "CI high", "p (Holm)", "wins", "ties", "losses"]
+        return out
+
+    def per_query_table(self, measure: str | None = None) -> pd.DataFrame:
+        """One row per query, one column per pipeline: the per-query scores of one measure."""
+        m = measure or self.measures[0]
+        rows = self.per_query[self.per_query["measure"] == m]
+        return rows.pivot(index="query_id", columns="pipeline", values="value")[list(self.table.index)]
+
+    def per_query_deltas(self, measure: str | None = None) -> pd.DataFrame:
+        """Per query, each other pipeline's score minus the baseline's (one column each)."""
+        wide = self.per_query_table(measure)
+        others = [n for n in self.table.index if n != self.baseline]
+        return wide[others].sub(wide[self.baseline], axis=0)
+
+    def latency_table(self) -> pd.DataFrame:
+        """The latency, rounded for reading: p50 and p95 milliseconds per query with their CIs."""
+        lat = self.latency
+        out = pd.DataFrame({"pipeline": lat["pipeline"], "stage": lat["stage"]})
+        for q in ("p50", "p95"):
+            if f"{q}_ci_low" in lat:
+                out[f"{q} ms (95% CI)"] = [f"{v:.1f} [{lo:.1f}, {hi:.1f}]" for v, lo, hi in
+                                           zip(lat[f"{q}_ms"], lat[f"{q}_ci_low"], lat[f"{q}_ci_high"])]  # fmt: skip
+            else:  # a result stored before the intervals were computed
+                out[f"{q} ms"] = lat[f"{q}_ms"].map("{:.1f}".format)
+        out["queries"] = lat["queries"]
+        return out
+
+    def own_table(self, measures: Sequence[str] | None = None) -> pd.DataFrame:
+        """Each reranked pipeline against its own first stage alone, one row per pipeline and
+        measure: delta, CI, Holm-corrected p, W/T/L, MDE and queries needed for the delta."""
+        rows = []
+        for name, row in self.table.iterrows():
+            first_stage = row.get("first_stage")
+            if not isinstance(first_stage, str):
+                continue
+            for m in measures or self.measures:
+                rows.append({"pipeline": name, "first stage": first_stage, "measure": m,
+                             **_comparison_cells(row, f"{m} own", m)})  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def verdict(self) -> str:
+        """The answer, in words, to "is this reranker worth its latency?", generated from the
+        table and the latency measured, and nothing else: for each reranked pipeline, its change
+        of the leading measure against its own first stage (CI, p, queries), whether that is
+        distinguishable from zero, how much evidence the queries hold, and what it costs per
+        query; then what the other first stages score alone."""
+        return verdict(self)
+
+    def format_table(self, measures: Sequence[str] | None = None) -> str:
+        """A plain-text table, one line per pipeline and measure: the score and, against the
+        baseline, its delta (``*`` when significant), the delta's 95% CI, the Holm-corrected
+        randomization p-value, wins/ties/losses over queries, and how much evidence there is:
+        the smallest delta these queries detect at 80% power (MDE) and the queries that would
+        be needed to detect the observed delta."""
+        rows = []
+        for name, row in self.table.iterrows():
+            for m in measures or self.measures:
+                cells = {"pipeline": name + (" (baseline)" if row["baseline"] else ""), "measure": m,
+                         "score": f"{row[m]:.4f}", "delta": "", "95% CI": "", "p (Holm)": "", "W/T/L": "",
+                         "MDE": "", "queries for delta": ""}  # fmt: skip
+                if not row["baseline"]:
+                    cells.update(_comparison_cells(row, m, m))
+                rows.append(cells)
+        text = pd.DataFrame(rows).to_string(index=False)
+        own = self.own_table(measures)
+        if len(own):
+            text += "\n\nEach reranker against its own first stage:\n" + own.to_string(index=False)
+        return text
+
+    def to_markdown(self, *, plots: Sequence[tuple[str, str]] = ()) -> str:
+        """The report's ``summary.md``: what was measured, on what, the table and the latency;
+        ``plots`` lists ``(file name, caption)`` of images beside it."""
+        meta = self.meta
+        lines = [f"# ragkit evaluation: {meta['collection']} ({meta['split']})", ""]
+        if meta["is_subset"]:
+            lines += [f"> **{SUBSET_WARNING}**", ""]
+        if meta.get("reused_result"):
+            lines += [
+                f"> Reused from ragkit's cache: the result of an identical run on {meta['date']} (same data, "
+                "pipelines, models, settings, device and versions). `ragkit eval --no-cache` recomputes it.",
+                "",
+            ]
+        lines += ["## Verdict", "", *[f"- {sentence}" for sentence in self.verdict().splitlines()], ""]
+        lines += [
+            f"- collection: {meta['collection_summary']}",
+            f"- queries: {meta['n_queries']}, documents: {meta['n_docs']}",
+            f"- baseline: `{meta['baseline']}`; device: {meta['device']} ({meta['device_name']}); date: {meta['date']}",
+            "- models: " + ", ".join(f"`{m}` (revision `{r}`)" for m, r in meta["model_revisions"].items()),
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+            "",
+        ]
+        rows = []
+        for name, row in self.table.iterrows():
+            cells = [f"`{name}`" + (" (baseline)" if row["baseline"] else "")]
+            for m in self.measures:
+                if row["baseline"]:
+                    cells.append(f"{row[m]:.4f}")
+                else:
+                    c = _comparison_cells(row, m, m)
+                    cells.append(f"{row[m]:.4f} ({c['delta']}; CI {c['95% CI']}; p {c['p (Holm)']}; {c['W/T/L']}; "
+                                 f"MDE {c['MDE']})")  # fmt: skip
+            rows.append(cells)
+        lines += [
+            "## Quality",
+            "",
+            markdown_table(pd.DataFrame(rows, columns=["pipeline", *self.measures])),
+            "",
+            f"Each cell: mean over the {meta['n_queries']} queries (delta against the baseline; its 95% confidence "
+            "interval, from inverting the paired randomization test, so it excludes 0 exactly when that test's "
+            "uncorrected p-value is below 0.05; the Holm-corrected randomization p-value; wins/ties/losses over "
+            "queries; MDE, the smallest delta these queries detect with 80% power in a paired t-test, given the "
+            "spread of the per-query deltas). `*`: significant at 0.05 by both the paired t-test and the "
+            "randomization test, after Holm's correction.",
+            "",
+        ]
+        own = self.own_table()
+        if len(own):
+            lines += [
+                "## Each reranker against its own first stage",
+                "",
+                markdown_table(own),
+                "",
+                "The same statistics as above, against the same first stage without reranking (Holm's correction "
+                "over these comparisons).",
+                "",
+            ]
+        reranked = [p for p in meta["pipelines"] if p["reranker"]]
+        if any(not p.get("truncate") for p in reranked):
+            lines += [
+                "A reranked run is its reranked top `k` followed by the first stage's other candidates in their "
+                "first-stage order, down to 100 (the BEIR convention), so R@100 and other deep measures compare "
+                "like with like.",
+                "",
+            ]
+        if any(p.get("truncate") for p in reranked):
+            lines += [
+                "`truncated` pipelines hold only their `top_n` reranked documents, as LangChain's retriever "
+                "returns them, so their R@100 cannot exceed the first stage's recall at `top_n`.",
+                "",
+            ]
+        if len(self.latency):
+            lat = self.latency_table()
+            taken = meta.get("latency_measured", {}).values()
+            reused = any(t["reused"] for t in taken)
+            when = (
+                "measured " + ", ".join(sorted({t["measured"] for t in taken})) if taken else "measured during this run"
+            )
+            lines += [
+                "## Latency per query",
+                "",
+                markdown_table(lat),
+                "",
+                "Milliseconds per query, each query served on its own (embed, search, rerank), uncached, on the "
+                "device above: median and 95th percentile over the queries timed, each with its 95% bootstrap "
+                "confidence interval. This is latency, what one user waits; throughput in batches is higher. "
+                f"{when[0].upper() + when[1:]}"
+                + (
+                    " (an earlier run's timings of the same pipelines on this machine and software, reused from "
+                    "the cache; `ragkit eval --no-cache` re-measures them)."
+                    if reused
+                    else "."
+                ),
+                "",
+            ]
+        throughput = meta.get("throughput", {})
+        if any(p["reranker"] for p in meta["pipelines"]):
+            lines += ["## Throughput, batched", ""]
+            if throughput:
+                for name, t in throughput.items():
+                    lines.append(
+                        f"- `{name}`: {t['queries'] / t['seconds']:.2f} queries/s ({t['pairs'] / t['seconds']:.1f} "
+                        f"pairs/s), every query's pairs pooled into one length-sorted stream, as this evaluation "
+                        f"scored them ({t['pairs']:,} pairs in {t['seconds']:.1f} s, {t['measured']})."
+                    )
+            else:
+                lines.append("Not measured in this run: every pair score came from the cache.")
+            lines += ["", "Throughput is what an offline evaluation or a batch job sees; latency above is what one "
+                      "query waits. Smaller k's of the same reranker score a prefix of these pairs.", ""]  # fmt: skip
+        if plots:
+            lines += ["## Plots", ""]
+            for file, caption in plots:
+                lines += [f"![{caption}]({file})", ""]
+        return "\n".join(lines)
+
+    # -- as data
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything in the result as JSON-serialisable data (what the result cache stores)."""
+        return {
+            "table": _frame_to_json(self.table),
+            "per_query": _frame_to_json(self.per_query),
+            "latency": _frame_to_json(self.latency),
+            "runs": self.runs,
+            "meta": self.meta,
+            "timings": _frame_to_json(self.timings),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
+        """The result :meth:`to_dict` described; raises on anything that is not such a result."""
+        missing = [k for k in RESULT_META if k not in data["meta"]]
+        if missing:
+            raise ValueError(f"meta lacks {missing}")
+        runs = {
+            str(name): {str(q): {str(d): float(s) for d, s in hits.items()} for q, hits in run.items()}
+            for name, run in data["runs"].items()
+        }
+        result = cls(
+            table=_frame_from_json(data["table"]),
+            per_query=_frame_from_json(data["per_query"]),
+            latency=_frame_from_json(data["latency"]),
+            runs=runs,
+            meta=dict(data["meta"]),
+            timings=_frame_from_json(data["timings"]),
+        )
+        names = [p["name"] for p in result.meta["pipelines"]]
+        if list(result.table.index) != names or (runs and set(runs) != set(names)):
+            raise ValueError("the table and runs do not hold the pipelines the result names")
+        return result
+
+    # -- as files
+
+    def write_files(self, folder: str | Path, *, plots: Sequence[tuple[str, str]] = ()) -> Path:
+        """Write ``results.csv``, ``results.json``, ``per_query.csv``, ``latency.csv``, TREC
+        runs under ``runs/`` and ``summary.md`` into ``folder`` as they are (no temporary
+        folder; :meth:`save` is the safe way)."""
+        folder = Path(folder)
+        self.table.to_csv(folder / "results.csv")
+        self.per_query.to_csv(folder / "per_query.csv", index=False)
+        self.latency.to_csv(folder / "latency.csv", index=False)
+        payload: dict[str, Any] = {
+            "meta": self.meta,
+            "table": json.loads(self.table.to_json(orient="index")),
+            "latency": json.loads(self.latency.to_json(orient="records")),
+        }
+        (folder / "results.json").write_text(json.dumps(payload, indent=2))
+        (folder / "runs").mkdir(exist_ok=True)
+        for name, run in self.runs.items():
+            (folder / "runs" / f"{slug(name)}.trec").write_text(trec_run(run, slug(name)))
+        (folder / "summary.md").write_text(self.to_markdown(plots=plots))
+        return folder
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the result's files (see :meth:`write_files`) into ``folder``, all at once: they
+        are written to a temporary folder first and moved into place, so an interrupted write
+        never leaves a half-written set that looks complete. ``ragkit.report.write_report``
+        adds the plots."""
+        folder = check_writable(folder)
+        with atomic_folder(folder) as tmp:
+            self.write_files(tmp)
+        return folder
+
+
+# The name ragkit's first versions gave the result; it keeps working.
+Experiment = EvaluationResult
