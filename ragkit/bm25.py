@@ -21,6 +21,8 @@ import bm25s
 import numpy as np
 import Stemmer
 
+from ragkit.errors import ConfigError
+
 # bm25s sets its own logger to DEBUG, so under any application that configures logging it
 # prints "Building index from tokens" on every index; its warnings still come through.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -30,7 +32,9 @@ class BM25Index:
     """BM25 over a fixed list of texts, each known by an id.
 
     Build one with :meth:`from_texts`. Results are deterministic: documents with equal scores
-    come in the order their ids were given to :meth:`from_texts`.
+    come in the order their ids were given to :meth:`from_texts`. Bad input raises
+    ``ragkit.errors.ConfigError`` (a ``ValueError``, and a ``RagkitError`` like every error
+    ragkit raises about its input).
     """
 
     def __init__(self, ids: Sequence[str], model: bm25s.BM25, stemmer: Stemmer.Stemmer) -> None:
@@ -48,16 +52,18 @@ class BM25Index:
             2
         """
         if len(ids) != len(texts):
-            raise ValueError(f"BM25Index.from_texts got {len(ids)} ids but {len(texts)} texts; pass one id per text.")
+            raise ConfigError(f"BM25Index.from_texts got {len(ids)} ids but {len(texts)} texts; pass one id per text.")
         if not ids:
-            raise ValueError("BM25Index.from_texts got no texts; an index needs at least one document.")
+            raise ConfigError("BM25Index.from_texts got no texts; an index needs at least one document.")
         if len(set(ids)) != len(ids):
-            raise ValueError("BM25Index.from_texts got duplicate ids; each text needs its own id.")
+            raise ConfigError("BM25Index.from_texts got duplicate ids; each text needs its own id.")
         stemmer = Stemmer.Stemmer("english")
         model = bm25s.BM25(k1=k1, b=b)
         tokens = _tokenize(list(texts), stemmer)
         if not any(tokens):
-            raise ValueError("BM25Index.from_texts got texts without a single indexable word (all empty or stopwords).")
+            raise ConfigError(
+                "BM25Index.from_texts got texts without a single indexable word (all empty or stopwords)."
+            )
         model.index(tokens, show_progress=False)
         return cls(ids, model, stemmer)
 
@@ -81,7 +87,7 @@ class BM25Index:
             []
         """
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}.")
+            raise ConfigError(f"k must be at least 1, got {k}.")
         positions = np.arange(len(self._ids))
         results = []
         for tokens in _tokenize(list(queries), self._stemmer):

@@ -13,22 +13,30 @@ Truncation: a (query, passage) pair longer than the model's maximum length (its 
 (``"longest_first"``). ``truncation_mask`` and ``count_truncated`` say which pairs were cut,
 and the compressor marks each returned document with ``metadata["truncated"]``.
 
-Example:
-    >>> from ragkit import HuggingFaceRerankerLoader
-    >>> from ragkit.rerank import score_pairs
-    >>> model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
-    >>> scores = score_pairs(model, [("capital of France?", "Paris is the capital of France."),
-    ...                              ("capital of France?", "Bananas are yellow.")])
-    >>> bool(scores[0] > 0.9 > 0.1 > scores[1])
-    True
+Threads: the loaders hand every caller the same cached model, so everything that tokenizes
+with it holds that model's lock (``ragkit.loaders.predict_lock``): ragkit's scoring here, and,
+for models from ``HuggingFaceRerankerLoader``, LangChain's ``HuggingFaceCrossEncoder.score``
+and any other ``model.client.predict`` call too. A fast tokenizer keeps its truncation length
+as shared state, so without the lock two threads scoring with different ``max_length`` s
+would truncate with each other's.
+
+Example::
+
+    from ragkit import HuggingFaceRerankerLoader
+    from ragkit.rerank import score_pairs
+    model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+    scores = score_pairs(model, [("capital of France?", "Paris is the capital of France."),
+                                 ("capital of France?", "Bananas are yellow.")])
+    bool(scores[0] > 0.9 > 0.1 > scores[1])
+    # True
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
+import sys
+import types
+import warnings
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -40,9 +48,14 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, field_validator
 from tqdm.auto import tqdm
 
-from ragkit.errors import RagkitError
-from ragkit.loaders import HuggingFaceRerankerLoader, hub_offline, model_not_found, resolve_device
-from ragkit.models import is_available_offline
+from ragkit.errors import ConfigError
+from ragkit.loaders import (
+    HuggingFaceRerankerLoader,
+    PlainCrossEncoder,
+    TransformersRerankerLoader,
+    predict_lock,
+    resolve_device,
+)
 from ragkit.settings import DEFAULT_DEVICE, DEFAULT_RERANKER, DEFAULT_TOP_N, RERANK_DTYPES, rerank_batch_size
 
 if TYPE_CHECKING:
@@ -58,13 +71,15 @@ def _sentence_transformers_model(model: Any) -> Any:
 
     inner = model if isinstance(model, CrossEncoder) else getattr(model, "client", None)
     if not isinstance(inner, CrossEncoder):
-        raise RagkitError(
+        raise ConfigError(
             f"Expected a HuggingFaceCrossEncoder (e.g. from HuggingFaceRerankerLoader) or a sentence-transformers "
             f"CrossEncoder, got {type(model).__name__}."
         )
     if inner.num_labels != 1:
-        raise RagkitError(f"ragkit reranks with one-label cross-encoders (one relevance logit per pair); this "
-                          f"model has {inner.num_labels} labels.")
+        raise ConfigError(
+            f"ragkit reranks with one-label cross-encoders (one relevance logit per pair); this "
+            f"model has {inner.num_labels} labels."
+        )
     return inner
 
 
@@ -73,19 +88,13 @@ def _max_length(cross_encoder: Any, max_length: int | None) -> int:
         return int(cross_encoder.max_seq_length)
     limit = cross_encoder.model.config.max_position_embeddings
     if not 1 <= max_length <= limit:
-        raise RagkitError(f"max_length must be between 1 and the model's {limit} positions, got {max_length}.")
+        raise ConfigError(f"max_length must be between 1 and the model's {limit} positions, got {max_length}.")
     return max_length
 
 
-_PREDICT_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-_PREDICT_LOCKS_GUARD = threading.Lock()
-
-
-def _predict_lock(cross_encoder: Any) -> threading.Lock:
-    """One lock per model: a fast tokenizer keeps its truncation setting as shared state, so two
-    threads tokenizing with different ``max_length`` would otherwise truncate with each other's."""
-    with _PREDICT_LOCKS_GUARD:
-        return _PREDICT_LOCKS.setdefault(cross_encoder, threading.Lock())
+# One re-entrant lock per model, shared with the predict guard the reranker loader installs
+# (see ragkit.loaders.predict_lock for why); the old name stays for code that imported it.
+_predict_lock = predict_lock
 
 
 def load_reranker(model_name: str, device: str = "auto", dtype: str = "float32") -> Any:
@@ -95,13 +104,14 @@ def load_reranker(model_name: str, device: str = "auto", dtype: str = "float32")
 
     float32 asks for exactly what ``ragkit eval`` loads, so both share one cached instance.
 
-    Example:
-        >>> model = load_reranker("cross-encoder/ms-marco-MiniLM-L-12-v2", "cpu")
-        >>> str(model.client.model.dtype)
-        'torch.float32'
+    Example::
+
+        model = load_reranker("cross-encoder/ms-marco-MiniLM-L-12-v2", "cpu")
+        str(model.client.model.dtype)
+        # 'torch.float32'
     """
     if dtype not in RERANK_DTYPES:
-        raise RagkitError(f"dtype must be one of {', '.join(RERANK_DTYPES)}, got {dtype!r}.")
+        raise ConfigError(f"dtype must be one of {', '.join(RERANK_DTYPES)}, got {dtype!r}.")
     kwargs: dict[str, Any] = {"device": resolve_device(device)}
     if dtype != "float32":
         # sentence-transformers hands model_kwargs to transformers' from_pretrained (dtype=...).
@@ -114,10 +124,11 @@ def token_lengths(model: Any, pairs: Sequence[Pair], max_length: int | None = No
     to ``max_length`` (default: the model's maximum). This is what a forward pass costs per
     pair, before padding.
 
-    Example:
-        >>> model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
-        >>> token_lengths(model, [("q", "short passage"), ("q", "word " * 1000)]).tolist()
-        [6, 512]
+    Example::
+
+        model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+        token_lengths(model, [("q", "short passage"), ("q", "word " * 1000)]).tolist()
+        # [6, 512]
     """
     cross_encoder = _sentence_transformers_model(model)
     if not pairs:
@@ -131,8 +142,9 @@ def _full_lengths(cross_encoder: Any, pairs: Sequence[Pair]) -> np.ndarray:
     """Untruncated token counts. Call it holding the model's predict lock.
 
     verbose=False: the over-length warning is exactly what callers measure."""
-    encoded = cross_encoder.tokenizer([q for q, _ in pairs], [p for _, p in pairs], truncation=False, padding=False,
-                                      verbose=False)
+    encoded = cross_encoder.tokenizer(
+        [q for q, _ in pairs], [p for _, p in pairs], truncation=False, padding=False, verbose=False
+    )
     return np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
 
 
@@ -168,23 +180,32 @@ def score_pairs(
     Returns:
         float32 array, one score per pair, in the order given.
 
-    Example:
-        >>> model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
-        >>> score_pairs(model, [("what is bm25?", "BM25 ranks documents by term statistics.")]).shape
-        (1,)
+    Example::
+
+        model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+        score_pairs(model, [("what is bm25?", "BM25 ranks documents by term statistics.")]).shape
+        # (1,)
     """
-    return _score_and_measure(model, pairs, batch_size=batch_size, max_length=max_length, raw=raw,
-                              show_progress=show_progress)[0]
+    return _score_and_measure(
+        model, pairs, batch_size=batch_size, max_length=max_length, raw=raw, show_progress=show_progress
+    )[0]
 
 
-def _score_and_measure(model: Any, pairs: Sequence[Pair], *, batch_size: int | None, max_length: int | None,
-                       raw: bool, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _score_and_measure(
+    model: Any,
+    pairs: Sequence[Pair],
+    *,
+    batch_size: int | None,
+    max_length: int | None,
+    raw: bool,
+    show_progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """``score_pairs``'s scores and whether each pair was truncated, from one tokenization
     for the lengths (the compressor needs both; measuring twice would tokenize twice)."""
     cross_encoder = _sentence_transformers_model(model)
     batch_size = default_batch_size(model) if batch_size is None else batch_size
     if batch_size < 1:
-        raise RagkitError(f"batch_size must be at least 1, got {batch_size}.")
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
     pairs = [(str(q), str(p)) for q, p in pairs]
     if not pairs:
         return np.empty(0, dtype=np.float32), np.zeros(0, dtype=bool)
@@ -193,14 +214,19 @@ def _score_and_measure(model: Any, pairs: Sequence[Pair], *, batch_size: int | N
     with _predict_lock(cross_encoder):
         full_lengths = _full_lengths(cross_encoder, pairs)
         order = np.argsort(-np.minimum(full_lengths, length), kind="stable")
-        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         # One predict call per batch we formed (its own re-sort stays within the batch). The
         # scores stay on the device until the end, so a GPU never waits for the host between
         # batches while the next one is tokenized.
         scored = [
-            cross_encoder.predict([pairs[i] for i in batch], batch_size=len(batch), show_progress_bar=False,
-                                  activation_fn=activation, convert_to_tensor=True,
-                                  processing_kwargs={"text": {"max_length": length, "truncation": "longest_first"}})
+            cross_encoder.predict(
+                [pairs[i] for i in batch],
+                batch_size=len(batch),
+                show_progress_bar=False,
+                activation_fn=activation,
+                convert_to_tensor=True,
+                processing_kwargs={"text": {"max_length": length, "truncation": "longest_first"}},
+            )
             for batch in tqdm(batches, desc="scoring", unit="batch", disable=not show_progress)
         ]
     scores = np.empty(len(pairs), dtype=np.float32)
@@ -212,10 +238,11 @@ def default_batch_size(model: Any) -> int:
     """The batch size :func:`score_pairs` uses for ``model`` when given none: ragkit's default
     for the device the model sits on (``settings.rerank_batch_size``).
 
-    Example:
-        >>> default_batch_size(HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2",
-        ...                                              model_kwargs={"device": "cpu"}))
-        8
+    Example::
+
+        default_batch_size(HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2",
+                                                 model_kwargs={"device": "cpu"}))
+        # 8
     """
     return rerank_batch_size(str(_sentence_transformers_model(model).device))
 
@@ -224,10 +251,11 @@ def truncation_mask(model: Any, pairs: Sequence[Pair], max_length: int | None = 
     """Which pairs are longer than the model reads (``max_length``, default the model's
     maximum) and so get truncated when scored: a boolean array, one entry per pair.
 
-    Example:
-        >>> model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
-        >>> truncation_mask(model, [("q", "short passage"), ("q", "word " * 1000)]).tolist()
-        [False, True]
+    Example::
+
+        model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+        truncation_mask(model, [("q", "short passage"), ("q", "word " * 1000)]).tolist()
+        # [False, True]
     """
     cross_encoder = _sentence_transformers_model(model)
     if not pairs:
@@ -240,10 +268,11 @@ def truncation_mask(model: Any, pairs: Sequence[Pair], max_length: int | None = 
 def count_truncated(model: Any, pairs: Sequence[Pair], max_length: int | None = None) -> int:
     """How many pairs :func:`score_pairs` truncates with the same ``max_length``.
 
-    Example:
-        >>> model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
-        >>> count_truncated(model, [("q", "word " * 1000)] * 3)
-        3
+    Example::
+
+        model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+        count_truncated(model, [("q", "word " * 1000)] * 3)
+        # 3
     """
     return int(truncation_mask(model, pairs, max_length).sum())
 
@@ -256,14 +285,15 @@ class ScoredCrossEncoderReranker(BaseDocumentCompressor):
     ``raw_scores=True``) and ``metadata["truncated"]`` (whether the pair was cut to
     ``max_length``). Ties keep the first stage's order, as ``CrossEncoderReranker`` does.
 
-    Example:
-        >>> from langchain_core.documents import Document
-        >>> model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
-        >>> reranker = ScoredCrossEncoderReranker(model=model, top_n=1)
-        >>> best = reranker.compress_documents([Document("Bananas are yellow."), Document("Paris is in France.")],
-        ...                                    "Where is Paris?")
-        >>> best[0].page_content, round(best[0].metadata["relevance_score"], 2), best[0].metadata["truncated"]
-        ('Paris is in France.', 1.0, False)
+    Example::
+
+        from langchain_core.documents import Document
+        model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
+        reranker = ScoredCrossEncoderReranker(model=model, top_n=1)
+        best = reranker.compress_documents([Document("Bananas are yellow."), Document("Paris is in France.")],
+                                       "Where is Paris?")
+        best[0].page_content, round(best[0].metadata["relevance_score"], 2), best[0].metadata["truncated"]
+        # ('Paris is in France.', 1.0, False)
     """
 
     model: BaseCrossEncoder
@@ -287,19 +317,29 @@ class ScoredCrossEncoderReranker(BaseDocumentCompressor):
             raise ValueError(f"must be at least 1, got {value}")
         return value
 
-    def compress_documents(self, documents: Sequence[Document], query: str,
-                           callbacks: Callbacks | None = None) -> Sequence[Document]:
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
         """Score every document against ``query`` and return the best ``top_n`` with scores."""
         if not documents:
             return []
         pairs = [(query, doc.page_content) for doc in documents]
-        scores, truncated = _score_and_measure(self.model, pairs, batch_size=self.batch_size,
-                                               max_length=self.max_length, raw=self.raw_scores)
+        scores, truncated = _score_and_measure(
+            self.model, pairs, batch_size=self.batch_size, max_length=self.max_length, raw=self.raw_scores
+        )
         order = sorted(range(len(documents)), key=lambda i: -scores[i])[: self.top_n]
-        return [Document(page_content=documents[i].page_content, id=documents[i].id,
-                         metadata={**documents[i].metadata, "relevance_score": float(scores[i]),
-                                   "truncated": bool(truncated[i])})
-                for i in order]
+        return [
+            Document(
+                page_content=documents[i].page_content,
+                id=documents[i].id,
+                metadata={
+                    **documents[i].metadata,
+                    "relevance_score": float(scores[i]),
+                    "truncated": bool(truncated[i]),
+                },
+            )
+            for i in order
+        ]
 
 
 def reranking_retriever(
@@ -320,17 +360,18 @@ def reranking_retriever(
         top_n: documents returned.
         compressor_kwargs: ``batch_size``, ``max_length``, ``raw_scores``.
 
-    Example:
-        >>> retriever = reranking_retriever(index.as_retriever(k=20), top_n=5)  # doctest: +SKIP
-        >>> [d.metadata["relevance_score"] for d in retriever.invoke("what is reranking?")]  # doctest: +SKIP
-        [0.98, 0.91, 0.40, 0.07, 0.01]
+    Example::
+
+        retriever = reranking_retriever(index.as_retriever(k=20), top_n=5)
+        [d.metadata["relevance_score"] for d in retriever.invoke("what is reranking?")]
+        # [0.98, 0.91, 0.40, 0.07, 0.01]
     """
     from langchain_classic.retrievers import ContextualCompressionRetriever
 
     if isinstance(reranker, str):
         model = HuggingFaceRerankerLoader(reranker, model_kwargs=model_kwargs)
     elif model_kwargs is not None:
-        raise RagkitError("model_kwargs configure a reranker loaded by name; a loaded model comes configured.")
+        raise ConfigError("model_kwargs configure a reranker loaded by name; a loaded model comes configured.")
     else:
         model = reranker
     compressor = ScoredCrossEncoderReranker(model=model, top_n=top_n, **compressor_kwargs)
@@ -344,57 +385,98 @@ class RerankResult(NamedTuple):
     score: float
 
 
-@lru_cache(maxsize=4)
-def _plain_model(model_name: str, device: str) -> tuple[Any, Any]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    if hub_offline() and not is_available_offline(model_name):
-        raise model_not_found(model_name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name)
-        model = AutoModelForSequenceClassification.from_pretrained(model_name).to(device).eval()
-    except OSError as exc:
-        raise model_not_found(model_name, exc) from exc
-    return tokenizer, model
+def _plain_model(model_name: str, device: str) -> PlainCrossEncoder:
+    """The cached plain-transformers ``(tokenizer, model)``: held by ``ragkit.loaders`` like
+    every other model, so ``clear_cache()`` frees it and ``cached_models()`` lists it."""
+    return TransformersRerankerLoader(model_name, model_kwargs={"device": device})
 
 
 def rerank(
     query: str,
     documents: Sequence[str],
-    top_k: int = DEFAULT_TOP_N,
+    top_n: int | None = None,
     model_name: str = DEFAULT_RERANKER,
     device: str = DEFAULT_DEVICE,
     batch_size: int | None = None,
     max_length: int | None = None,
+    *,
+    top_k: int | None = None,
 ) -> list[RerankResult]:
     """Rerank ``documents`` for ``query`` with plain ``transformers``, no LangChain: what a
     cross-encoder does, step by step. Scores are the sigmoid of the logit, as everywhere in
     ragkit, and equal ``score_pairs``'s within float error.
 
-    Returns:
-        The ``top_k`` best as ``(index, score)``, best first; ``documents[index]`` is the text.
+    Args:
+        query: the question.
+        documents: the passages to rerank.
+        top_n: how many to return (default ``settings.DEFAULT_TOP_N``), the name every other
+            ragkit reranker uses.
+        model_name: a one-label cross-encoder (Hub id or local folder), loaded once and cached.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+        batch_size: passages per forward pass (default: ragkit's for the device).
+        max_length: truncate each (query, passage) pair to this many tokens (default: the
+            tokenizer's maximum).
+        top_k: the old name of ``top_n``; still accepted, with a ``DeprecationWarning``.
 
-    Example:
-        >>> passages = ["Bananas are yellow.", "Paris is the capital of France."]
-        >>> [i for i, _ in rerank("What is the capital of France?", passages, top_k=2)]
-        [1, 0]
+    Returns:
+        The ``top_n`` best as ``(index, score)``, best first; ``documents[index]`` is the text.
+
+    Example::
+
+        passages = ["Bananas are yellow.", "Paris is the capital of France."]
+        [i for i, _ in rerank("What is the capital of France?", passages, top_n=2)]
+        # [1, 0]
     """
-    if top_k < 1:
-        raise RagkitError(f"top_k must be at least 1, got {top_k}.")
+    name = "top_n"
+    if top_k is not None:
+        if top_n is not None:
+            raise ConfigError("Pass top_n only: top_k is its old name, and both were given.")
+        warnings.warn(
+            "rerank(top_k=...) is deprecated: pass top_n=..., the name ragkit's other rerankers use.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        top_n, name = top_k, "top_k"
+    top_n = DEFAULT_TOP_N if top_n is None else top_n
+    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+        raise ConfigError(f"{name} must be a positive integer (the number of passages returned), got {top_n!r}.")
     tokenizer, model = _plain_model(model_name, resolve_device(device))
     if model.config.num_labels != 1:
-        raise RagkitError(f"rerank() needs a one-label cross-encoder; {model_name} has {model.config.num_labels}.")
+        raise ConfigError(f"rerank() needs a one-label cross-encoder; {model_name} has {model.config.num_labels}.")
     documents = list(documents)
     batch_size = rerank_batch_size(str(model.device)) if batch_size is None else batch_size
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
     scores: list[float] = []
     for start in range(0, len(documents), batch_size):
-        batch = documents[start:start + batch_size]
+        batch = documents[start : start + batch_size]
         # The query and passage go in together, as one "[CLS] query [SEP] passage [SEP]" input:
-        # that joint reading is what makes it a cross-encoder. Passages are cut to fit.
-        features = tokenizer([query] * len(batch), batch, padding=True, truncation="longest_first",
-                             max_length=max_length or tokenizer.model_max_length, return_tensors="pt")
+        # that joint reading is what makes it a cross-encoder. Passages are cut to fit. The
+        # cached tokenizer is shared, and keeps its truncation length as state: hold its lock.
+        with predict_lock(model):
+            features = tokenizer(
+                [query] * len(batch),
+                batch,
+                padding=True,
+                truncation="longest_first",
+                max_length=max_length or tokenizer.model_max_length,
+                return_tensors="pt",
+            )
         with torch.inference_mode():
             logits = model(**features.to(model.device)).logits.squeeze(-1)
         scores += torch.sigmoid(logits.float()).tolist()
     order = sorted(range(len(documents)), key=lambda i: -scores[i])
-    return [RerankResult(i, scores[i]) for i in order[:top_k]]
+    return [RerankResult(i, scores[i]) for i in order[:top_n]]
+
+
+class _RerankModule(types.ModuleType):
+    """``ragkit.rerank`` names both this module and its :func:`rerank` function. The package
+    imports its names on first use, so once this module is imported, ``ragkit.rerank`` (and
+    ``from ragkit import rerank``) finds the module: calling it calls the function, as it
+    did when the package imported everything up front."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[RerankResult]:
+        return rerank(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _RerankModule

