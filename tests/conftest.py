@@ -1,7 +1,7 @@
 """Shared fixtures: tiny random-weight BERT models built in seconds, and the shared BEIR copies.
 
 Loader and pipeline mechanics are tested on these tiny models; quality is tested on the real
-models that `python -m ragkit.offline` provisions (tests marked ``real_models``).
+models that `python tools/provision_models.py` provisions (tests marked ``real_models``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,18 @@ def _tiny_tokenizer():
     into real ids (transformers 5 wants the vocabulary itself, not a file name)."""
     from transformers import BertTokenizerFast
 
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *string.digits,
-              *string.punctuation, *(f"##{c}" for c in string.ascii_lowercase + string.digits), *_WORDS]
+    tokens = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *string.ascii_lowercase,
+        *string.digits,
+        *string.punctuation,
+        *(f"##{c}" for c in string.ascii_lowercase + string.digits),
+        *_WORDS,
+    ]
     vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
     return BertTokenizerFast(vocab=vocab, model_max_length=128)
 
@@ -38,8 +48,15 @@ def _tiny_tokenizer():
 def _tiny_bert_config(vocab_size: int, num_labels: int = 1):
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=128, num_labels=num_labels)
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+    )
 
 
 @pytest.fixture(scope="session")

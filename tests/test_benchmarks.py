@@ -16,12 +16,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SECTIONS_MEASURED_ON_CPU = ["throughput", "batch_size", "max_length", "backends", "loader_cache", "rerun",
-                            "end_to_end_full"]
+SECTIONS_MEASURED_ON_CPU = [
+    "throughput",
+    "batch_size",
+    "max_length",
+    "backends",
+    "loader_cache",
+    "rerun",
+    "end_to_end_full",
+]
 
 
 @pytest.fixture(scope="module")
 def script():
+    # The script imports benchmarks/harness.py from its own folder, which is on sys.path only
+    # when it is run as `python benchmarks/rerank_cost.py`.
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("rerank_cost", ROOT / "benchmarks" / "rerank_cost.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file runs

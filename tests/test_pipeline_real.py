@@ -2,7 +2,7 @@
 the dense retriever, plain transformers equals LangChain on the real L-12, and bge's query
 instruction reaches both query paths.
 
-Needs the models provisioned (``python -m ragkit.offline``, or the Hub) and SciFact under
+Needs the models provisioned (``python tools/provision_models.py``, or the Hub) and SciFact under
 ``$RAGKIT_BEIR_DIR``; about two minutes on a 2-core CPU, mostly cross-encoder passes.
 """
 
@@ -29,9 +29,11 @@ N_QUERIES, N_DOCS, K, TOP_N = 15, 150, 20, 10
 
 def require(model_id: str) -> str:
     if not is_available_offline(model_id):
-        pytest.fail(f"{model_id} is not on this machine (not in the Hugging Face cache). Provision it with "
-                    "`python -m ragkit.offline` (or download it from the Hub) before running real-model tests.",
-                    pytrace=False)
+        pytest.fail(
+            f"{model_id} is not on this machine (not in the Hugging Face cache). Provision it with "
+            "`python tools/provision_models.py` (or download it from the Hub) before running real-model tests.",
+            pytrace=False,
+        )
     return model_id
 
 
@@ -87,8 +89,10 @@ def test_cross_encoder_raises_ndcg_at_10_of_dense_top_10(subset, dense_index, cr
     ndcg = ir_measures.nDCG @ 10
     dense = ir_measures.calc_aggregate([ndcg], subset.qrels, dense_run)[ndcg]
     reranked = ir_measures.calc_aggregate([ndcg], subset.qrels, reranked_run)[ndcg]
-    print(f"\n{subset.name}: nDCG@10 dense {dense:.4f} -> reranked {reranked:.4f} "
-          f"({truncated} of the returned passages were truncated to 512 tokens)")
+    print(
+        f"\n{subset.name}: nDCG@10 dense {dense:.4f} -> reranked {reranked:.4f} "
+        f"({truncated} of the returned passages were truncated to 512 tokens)"
+    )
     assert reranked > dense + 0.02, f"reranking did not help: dense {dense:.4f}, reranked {reranked:.4f}"
 
 
@@ -100,9 +104,10 @@ def test_plain_transformers_rerank_equals_langchain_path_on_l12(subset, cross_en
     texts = [subset.text(d) for d in doc_ids]
     assert count_truncated(cross_encoder, [(query, t) for t in texts]) >= 1
 
-    plain = rerank(query, texts, top_k=len(texts), model_name=RERANKER, device="cpu")
+    plain = rerank(query, texts, top_n=len(texts), model_name=RERANKER, device="cpu")
     chain = ScoredCrossEncoderReranker(model=cross_encoder, top_n=len(texts)).compress_documents(
-        [Document(t, metadata={"doc_id": d}) for d, t in zip(doc_ids, texts)], query)
+        [Document(t, metadata={"doc_id": d}) for d, t in zip(doc_ids, texts)], query
+    )
     assert [doc_ids[i] for i, _ in plain] == [d.metadata["doc_id"] for d in chain]
     assert np.allclose([s for _, s in plain], [d.metadata["relevance_score"] for d in chain], atol=1e-4)
 
@@ -110,8 +115,9 @@ def test_plain_transformers_rerank_equals_langchain_path_on_l12(subset, cross_en
 def test_bge_small_queries_carry_the_instruction_on_both_paths(subset):
     embedder = HuggingFaceEmbeddingsLoader(require(BGE), model_kwargs={"device": "cpu"})
     doc_ids = sorted(subset.corpus)[:8]
-    index = build_chroma_index([Document(subset.text(d), metadata={"doc_id": d}) for d in doc_ids], embedder,
-                               show_progress=False)
+    index = build_chroma_index(
+        [Document(subset.text(d), metadata={"doc_id": d}) for d in doc_ids], embedder, show_progress=False
+    )
     queries = list(subset.queries.values())[:3]
     model = embedder._client
     instructed = model.encode([BGE_QUERY_INSTRUCTION + q for q in queries])

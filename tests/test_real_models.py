@@ -23,7 +23,7 @@ pytestmark = pytest.mark.real_models
 def _provisioned():
     missing = [m for m in (MINILM, BGE, RERANKER) if not ragkit.models.is_available_offline(m)]
     if missing:
-        pytest.fail(f"{missing} not in the Hugging Face cache: run `python -m ragkit.offline` (or go online).")
+        pytest.fail(f"{missing} not in the Hugging Face cache: run `python tools/provision_models.py` (or go online).")
 
 
 def _cos(a, b) -> float:
@@ -33,8 +33,9 @@ def _cos(a, b) -> float:
 
 @pytest.mark.parametrize("model", [MINILM, BGE])
 def test_embedders_rank_the_answer_above_an_unrelated_passage(model):
-    emb = HuggingFaceEmbeddingsLoader(model_name=model, model_kwargs={"device": "cpu"},
-                                      encode_kwargs={"normalize_embeddings": True})
+    emb = HuggingFaceEmbeddingsLoader(
+        model_name=model, model_kwargs={"device": "cpu"}, encode_kwargs={"normalize_embeddings": True}
+    )
     query = emb.embed_query("What is the capital of France?")
     answer, banana = emb.embed_documents(["Paris is the capital of France.", "Bananas are a yellow fruit."])
     assert len(query) == 384
@@ -53,8 +54,12 @@ def test_bge_queries_carry_the_instruction_and_passages_do_not():
 
 def test_reranker_scores_the_answer_far_above_bananas():
     ce = HuggingFaceRerankerLoader(model_name=RERANKER, model_kwargs={"device": "cpu"})
-    answer, banana = ce.score([("what is the capital of France?", "Paris is the capital of France."),
-                               ("what is the capital of France?", "Bananas are rich in potassium.")])
+    answer, banana = ce.score(
+        [
+            ("what is the capital of France?", "Paris is the capital of France."),
+            ("what is the capital of France?", "Bananas are rich in potassium."),
+        ]
+    )
     assert answer > 0.9 and banana < 0.01
 
 
@@ -68,11 +73,14 @@ def test_the_designs_pipeline_runs_as_written():
         def _get_relevant_documents(self, query, *, run_manager):
             return self.docs
 
-    docs = [Document(page_content=t) for t in (
-        "Bananas are a good source of potassium.",
-        "The Eiffel Tower is in Paris.",
-        "Paris is the capital and largest city of France.",
-    )]
+    docs = [
+        Document(page_content=t)
+        for t in (
+            "Bananas are a good source of potassium.",
+            "The Eiffel Tower is in Paris.",
+            "Paris is the capital and largest city of France.",
+        )
+    ]
     model = HuggingFaceRerankerLoader(model_name=RERANKER, model_kwargs={"device": "cpu"})
     assert HuggingFaceRerankerLoader(model_name=RERANKER) is model
     compressor = CrossEncoderReranker(model=model, top_n=2)

