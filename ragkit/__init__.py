@@ -1,25 +1,20 @@
 """ragkit: learn and measure cross-encoder reranking on top of a LangChain + Chroma retriever.
 
-The public names, re-exported from the module that holds each one.
+The public names, re-exported from the module that holds each one. They are imported on
+first use, so that ``import ragkit`` (and ``ragkit --help``) takes a fraction of a second
+instead of the seconds torch, LangChain and Chroma need.
+
+Example:
+    >>> import ragkit
+    >>> ragkit.Pipeline().name
+    'dense(all-MiniLM-L6-v2)'
 """
 
-import logging
+from __future__ import annotations
 
-from ragkit.data import BeirCollection, load_beir, make_subset
-from ragkit.errors import DataError, DeviceNotAvailableError, ModelNotFoundError, RagkitError
-from ragkit.loaders import (
-    CachedLoader,
-    CachedModel,
-    EmbeddingsFunction,
-    HuggingFaceEmbeddingsLoader,
-    HuggingFaceRerankerLoader,
-    cached_models,
-    clear_cache,
-)
-from ragkit.evaluate import Experiment, Pipeline, experiment, grid
-from ragkit.models import CATALOGUE, ModelInfo, available_models, get_model, model_revision
-from ragkit.rerank import ScoredCrossEncoderReranker, rerank, reranking_retriever, score_pairs
-from ragkit.retrievers import BM25Retriever, ChromaIndex, build_chroma_index
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
 
 # A library leaves handler configuration to the application; this keeps Python from
 # printing "No handlers could be found" while still letting `logging.basicConfig` show ours.
@@ -27,35 +22,120 @@ logging.getLogger("ragkit").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
+# Public name -> the module that holds it.
+_EXPORTS = {
+    "BeirCollection": "data",
+    "load_beir": "data",
+    "make_subset": "data",
+    "CacheError": "errors",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "DeviceNotAvailableError": "errors",
+    "ModelNotFoundError": "errors",
+    "RagkitError": "errors",
+    "CachedLoader": "loaders",
+    "CachedModel": "loaders",
+    "EmbeddingsFunction": "loaders",
+    "HuggingFaceEmbeddingsLoader": "loaders",
+    "HuggingFaceRerankerLoader": "loaders",
+    "cached_models": "loaders",
+    "clear_cache": "loaders",
+    "CATALOGUE": "models",
+    "ModelInfo": "models",
+    "available_models": "models",
+    "get_model": "models",
+    "model_revision": "models",
+    "BM25Retriever": "retrievers",
+    "ChromaIndex": "retrievers",
+    "build_chroma_index": "retrievers",
+    "ScoredCrossEncoderReranker": "rerank",
+    "rerank": "rerank",
+    "reranking_retriever": "rerank",
+    "score_pairs": "rerank",
+    "Pipeline": "evaluate",
+    "experiment": "evaluate",
+    "grid": "evaluate",
+    "RunSettings": "settings",
+    "EvaluationResult": "results",
+    "Experiment": "results",
+    "write_report": "report",
+}
+
 __all__ = [
     "BM25Retriever",
-    "ChromaIndex",
-    "Experiment",
-    "Pipeline",
-    "ScoredCrossEncoderReranker",
-    "build_chroma_index",
-    "experiment",
-    "grid",
-    "rerank",
-    "reranking_retriever",
-    "score_pairs",
     "BeirCollection",
     "CATALOGUE",
+    "CacheError",
     "CachedLoader",
     "CachedModel",
+    "ChromaIndex",
+    "ConfigError",
     "DataError",
     "DeviceNotAvailableError",
     "EmbeddingsFunction",
+    "EvaluationResult",
+    "Experiment",
     "HuggingFaceEmbeddingsLoader",
     "HuggingFaceRerankerLoader",
     "ModelInfo",
     "ModelNotFoundError",
+    "Pipeline",
     "RagkitError",
+    "RunSettings",
+    "ScoredCrossEncoderReranker",
     "available_models",
+    "build_chroma_index",
     "cached_models",
     "clear_cache",
+    "experiment",
     "get_model",
+    "grid",
     "load_beir",
     "make_subset",
     "model_revision",
+    "rerank",
+    "reranking_retriever",
+    "score_pairs",
+    "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ragkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ragkit.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run time
+    from ragkit.data import BeirCollection, load_beir, make_subset
+    from ragkit.errors import (
+        CacheError,
+        ConfigError,
+        DataError,
+        DeviceNotAvailableError,
+        ModelNotFoundError,
+        RagkitError,
+    )
+    from ragkit.evaluate import Pipeline, experiment, grid
+    from ragkit.loaders import (
+        CachedLoader,
+        CachedModel,
+        EmbeddingsFunction,
+        HuggingFaceEmbeddingsLoader,
+        HuggingFaceRerankerLoader,
+        cached_models,
+        clear_cache,
+    )
+    from ragkit.models import CATALOGUE, ModelInfo, available_models, get_model, model_revision
+    from ragkit.report import write_report
+    from ragkit.rerank import ScoredCrossEncoderReranker, rerank, reranking_retriever, score_pairs
+    from ragkit.results import EvaluationResult, Experiment
+    from ragkit.retrievers import BM25Retriever, ChromaIndex, build_chroma_index
+    from ragkit.settings import RunSettings

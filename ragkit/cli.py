@@ -1,4 +1,7 @@
-"""The ``ragkit`` command line: argument parsing only; the work happens in the modules it calls."""
+"""The ``ragkit`` command line: argument parsing and checking only; the work happens in the
+modules it calls. Every option is checked before any model is loaded or any file written, and
+every error is one paragraph on standard error with exit status 2, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ragkit.errors import RagkitError
-from ragkit.settings import DEFAULT_DEVICE, DEFAULT_EMBEDDER, DEFAULT_RERANKER
+from ragkit.errors import ConfigError, RagkitError
+from ragkit.settings import DEFAULT_DEVICE, DEFAULT_EMBEDDER, DEFAULT_EVAL_QUERIES, DEFAULT_RERANKER
 
 SMOKE_QUERY = "How does a cross-encoder rerank retrieved passages?"
 SMOKE_PASSAGES = [
@@ -54,76 +57,230 @@ def _check_model(name: str, kind: str) -> str:
     return name
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    """Run the grid the options describe on one collection, print the table, write the report."""
-    from ragkit.data import load_beir, make_subset
-    from ragkit.evaluate import experiment, grid
-    from ragkit.loaders import resolve_device
-    from ragkit.report import check_writable, format_table
+def _positive(option: str, values: Sequence[int], *, least: int = 1) -> None:
+    for value in values:
+        if value < least:
+            raise ConfigError(f"{option} must be at least {least}, got {value}.")
 
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Run the grid the options describe on each collection, print the verdict and the table,
+    write the report (and, for several collections, one report each plus the pooled one)."""
+    from ragkit.cache import check_writable
+    from ragkit.loaders import resolve_device
+    from ragkit.measures import parse_measures
+
+    # Everything that can be wrong with the options is found here, before any work.
+    if args.subset < 0:
+        raise ConfigError(f"--subset must be 0 (no subset) or a number of queries, got {args.subset}.")
+    if args.queries is not None and args.queries < 0:
+        raise ConfigError(f"--queries must be 0 (every query) or a number of queries, got {args.queries}.")
+    if args.subset and args.queries is not None:
+        raise ConfigError("--subset and --queries both choose the queries: give one of them.")
+    _positive("--k", args.k)
+    _positive("--top-n", args.top_n or [])
+    _positive("--latency-queries", [args.latency_queries], least=0)
+    if args.batch_size is not None:
+        _positive("--batch-size", [args.batch_size])
+    measures = [str(m) for m in parse_measures(args.measures)]
     embedders = [_check_model(e, "embedder") for e in args.embedders]
     rerankers = [None if r.lower() == "none" else _check_model(r, "cross-encoder") for r in args.rerankers]
     device = resolve_device(args.device)
+    from ragkit.evaluate import grid, skipped_combinations
+
+    top_ns = args.top_n or [None]
+    pipelines = grid(embedders, rerankers, args.k, top_ns, bm25=args.bm25, reranker_dtypes=args.reranker_dtypes,
+                     truncate=args.truncate)  # fmt: skip
+    skipped = skipped_combinations(args.k, top_ns) if any(rerankers) else []
     output = check_writable(args.output)  # fail now, not after minutes of scoring
-    collection = load_beir(args.dataset, split=args.split)
-    if args.subset:
-        collection = make_subset(collection, args.subset, seed=args.seed)
-    print(collection.summary())
-    pipelines = grid(embedders, rerankers, args.k, args.top_n or [None], bm25=args.bm25,
-                     reranker_dtypes=args.reranker_dtypes)
-    result = experiment(collection, pipelines, measures=args.measures, device=device, batch_size=args.batch_size,
-                        latency_queries=args.latency_queries, use_cache=not args.no_cache)
-    result.save(output)
+
+    from ragkit.data import load_beir, make_subset, sample_queries
+    from ragkit.evaluate import experiment, pool
+    from ragkit.report import write_report
+
+    collections = [load_beir(name, split=args.split) for name in args.dataset]  # every name checked first
+    names = [c.name for c in collections]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--dataset names a collection twice ({', '.join(names)}): give each one once.")
+    for k, top_n in skipped:
+        print(f"note: k={k} with top_n={top_n} is left out: a reranker cannot return more than its k candidates.")
+    results = []
+    for collection in collections:
+        n_queries = args.subset or (DEFAULT_EVAL_QUERIES if args.queries is None else args.queries)
+        if n_queries >= len(collection.queries):
+            if n_queries:
+                option = "--subset" if args.subset else "--queries"
+                print(f"note: {option} {n_queries} is at least the {len(collection.queries)} queries "
+                      f"{collection.name} ({collection.split}) has, so every query is evaluated.")  # fmt: skip
+        elif args.subset:
+            collection = make_subset(collection, n_queries, seed=args.seed)
+        elif n_queries:
+            collection = sample_queries(collection, n_queries, seed=args.seed)
+        print(collection.summary())
+        result = experiment(collection, pipelines, measures=measures, device=device, batch_size=args.batch_size,
+                            latency_queries=args.latency_queries, use_cache=not args.no_cache)  # fmt: skip
+        results.append(result)
+    if len(results) == 1:
+        final = results[0]
+        write_report(final, output)
+    else:
+        for result in results:
+            write_report(result, output / result.meta["collection"])
+        final = pool(results)
+        write_report(final, output)
+        for result in results:
+            print(f"\n{result.meta['collection']}:\n{result.verdict()}")
+        print(f"\npooled over {len(results)} collections, {final.meta['n_queries']} queries:")
     print()
-    print(format_table(result))
-    print(f"\nReport written to {output}/ (summary.md, results.csv, results.json, per_query.csv, runs/, plots)")
+    print(final.verdict())
+    print()
+    print(final.format_table())
+    where = "" if len(results) == 1 else " and one folder per collection"
+    print(f"\nReport written to {output}/{where} (summary.md, results.csv, results.json, per_query.csv, runs/, plots)")
+    return 0
+
+
+def _size(n_bytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1024 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    """``ragkit cache``: where the cache is and what it holds; ``clear``; ``verify``."""
+    from ragkit.cache import STORES, Cache
+
+    cache = Cache()
+    if args.action == "clear":
+        removed = cache.clear(args.store)
+        print(f"Removed {len(removed)} item(s) from {cache.root}" + (f" ({args.store})" if args.store else "") + ".")
+        return 0
+    if args.action == "verify":
+        from ragkit.retrievers import verify_index
+
+        problems = [(str(path), problem) for path, problem in cache.verify()]
+        chroma = cache.path("chroma")
+        for folder in sorted(chroma.iterdir()) if chroma.is_dir() else []:
+            problems += [(str(folder), problem) for problem in verify_index(folder)]
+        if not problems:
+            print(f"Every cached file under {cache.root} is sound.")
+            return 0
+        print(f"{len(problems)} cached item(s) under {cache.root} would be recomputed on the next run:")
+        for path, problem in problems:
+            print(f"  {path}: {problem}")
+        print("They are replaced automatically when next needed; `ragkit cache clear` removes everything now.")
+        return 1
+    print(f"ragkit cache: {cache.root}")
+    for store, (files, size) in cache.sizes().items():
+        print(f"  {store:<12} {files:>6} files {_size(size):>10}  {STORES[store]}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ragkit.cache import STORES
     from ragkit.settings import (
         DEFAULT_MEASURES,
         DEFAULT_RERANK_K,
-        DEFAULT_SUBSET_QUERIES,
         LATENCY_QUERIES,
         RERANK_BATCH_SIZE,
         RERANK_DTYPES,
     )
 
-    parser = argparse.ArgumentParser(prog="ragkit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ragkit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("eval", help="compare retrievers with and without reranking on a BEIR collection",
-                       description="Compare retrieval pipelines (first stage x reranker x k x top_n) on a BEIR "
-                                   "collection: prints the results table and writes a report folder.")
-    e.add_argument("--dataset", default="scifact", help="BEIR name (scifact, nfcorpus, ...), 'demo', or a folder")
+    e = sub.add_parser(
+        "eval",
+        help="compare retrievers with and without reranking on a BEIR collection",
+        description="Compare retrieval pipelines (first stage x reranker x k x top_n) on a BEIR "
+        "collection: prints the results table and writes a report folder.",
+    )
+    e.add_argument(
+        "--dataset",
+        nargs="+",
+        default=["scifact"],
+        help="BEIR names (scifact, nfcorpus, ...), 'demo', or folders; several are evaluated one by one and pooled",
+    )
     e.add_argument("--split", default="test")
-    e.add_argument("--subset", type=int, default=DEFAULT_SUBSET_QUERIES,
-                   help=f"sample this many queries into a ragkit subset (default {DEFAULT_SUBSET_QUERIES}; 0 = full split)")
-    e.add_argument("--seed", type=int, default=0, help="subset sampling seed")
+    e.add_argument(
+        "--queries",
+        type=int,
+        default=None,
+        help=f"evaluate this many sampled queries over the whole corpus (default {DEFAULT_EVAL_QUERIES}; 0: every "
+        "query): scores estimate the full split's",
+    )
+    e.add_argument(
+        "--subset",
+        type=int,
+        default=0,
+        help="instead, a ragkit subset of this many queries and about 1,000 documents with BM25 hard negatives: "
+        "quick, but not comparable with full-split scores, and biased against BM25",
+    )
+    e.add_argument("--seed", type=int, default=0, help="query sampling seed")
     e.add_argument("--embedders", nargs="+", default=[DEFAULT_EMBEDDER], metavar="MODEL")
-    e.add_argument("--rerankers", nargs="+", default=["none", DEFAULT_RERANKER], metavar="MODEL",
-                   help="cross-encoders; 'none' adds the first stage alone (default: none and %(default)s)")
+    e.add_argument(
+        "--rerankers",
+        nargs="+",
+        default=["none", DEFAULT_RERANKER],
+        metavar="MODEL",
+        help="cross-encoders; 'none' adds the first stage alone (default: none and %(default)s)",
+    )
     e.add_argument("--bm25", action="store_true", help="add BM25 as a first stage too")
     e.add_argument("--k", nargs="+", type=int, default=[DEFAULT_RERANK_K], help="candidates the reranker sees")
     e.add_argument("--top-n", nargs="+", type=int, default=None, help="reranked documents kept (default: k)")
-    e.add_argument("--reranker-dtypes", nargs="+", default=["float32"], choices=RERANK_DTYPES, metavar="DTYPE",
-                   help="cross-encoder weight precision(s), each a pipeline: float32 (default), bfloat16 (faster on "
-                        "GPUs and on CPUs with bf16 support, slower on others), float16 (GPUs)")
+    e.add_argument(
+        "--truncate",
+        action="store_true",
+        help="evaluate reranked runs as LangChain returns them, top_n documents only (default: the reranked top k "
+        "followed by the first stage's other candidates, so deep measures compare like with like)",
+    )
+    e.add_argument(
+        "--reranker-dtypes",
+        nargs="+",
+        default=["float32"],
+        choices=RERANK_DTYPES,
+        metavar="DTYPE",
+        help="cross-encoder weight precision(s), each a pipeline: float32 (default), bfloat16 (faster on "
+        "GPUs and on CPUs with bf16 support, slower on others), float16 (GPUs)",
+    )
     e.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES), help="ir-measures names")
-    e.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu, cuda, cuda:N")
-    e.add_argument("--batch-size", type=int, default=None,
-                   help="cross-encoder batch size (default: " + ", ".join(
-                       f"{n} on {kind.upper()}" for kind, n in RERANK_BATCH_SIZE.items()) + ")")
-    e.add_argument("--latency-queries", type=int, default=LATENCY_QUERIES,
-                   help="queries timed one at a time, per pipeline (default %(default)s)")
-    e.add_argument("--no-cache", action="store_true",
-                   help="recompute first-stage runs and pair scores and re-measure latency instead of reusing "
-                        "what an earlier run cached (the Chroma index is reused all the same)")
+    e.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu, cuda, cuda:N, mps")
+    e.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="cross-encoder batch size (default: "
+        + ", ".join(f"{n} on {kind.upper()}" for kind, n in RERANK_BATCH_SIZE.items())
+        + ")",
+    )
+    e.add_argument(
+        "--latency-queries",
+        type=int,
+        default=LATENCY_QUERIES,
+        help="queries timed one at a time, per pipeline (default %(default)s)",
+    )
+    e.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute first-stage runs and pair scores and re-measure latency instead of reusing "
+        "what an earlier run cached, and overwrite the cached copies (the Chroma index is reused all the "
+        "same, once verified)",
+    )
     e.add_argument("--output", default="results/eval", help="report folder (default: %(default)s)")
     p = sub.add_parser("smoke", help="load the default embedder and reranker and rank a few passages")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER)
     p.add_argument("--reranker", default=DEFAULT_RERANKER)
-    p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu, cuda, cuda:N, mps")
+    c = sub.add_parser(
+        "cache",
+        help="where ragkit's cache is and what it holds; clear or verify it",
+        description="Without an action: the cache folder ($RAGKIT_CACHE_DIR) and the size of each store. "
+        "'clear' deletes every store, or one; 'verify' checks every cached file and index and lists "
+        "what the next run would recompute.",
+    )
+    c.add_argument("action", nargs="?", choices=["info", "clear", "verify"], default="info")
+    c.add_argument("store", nargs="?", choices=list(STORES), help="with clear: only this store")
     return parser
 
 
@@ -139,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return smoke(args.embedder, args.reranker, args.device)
         if args.command == "eval":
             return evaluate(args)
+        if args.command == "cache":
+            return cache_command(args)
     except RagkitError as exc:
         print(f"ragkit: error: {exc}", file=sys.stderr)
         return 2

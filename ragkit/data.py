@@ -44,7 +44,7 @@ from langchain_core.documents import Document
 from tqdm.auto import tqdm
 
 from ragkit.bm25 import BM25Index
-from ragkit.errors import DataError
+from ragkit.errors import ConfigError, DataError
 from ragkit.settings import (
     BEIR_DIR_ENV,
     BEIR_MIRROR_ENV,
@@ -56,6 +56,7 @@ from ragkit.settings import (
     OFFLINE_ENV,
     beir_dir,
     data_dir,
+    env_flag,
 )
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "load_beir",
     "make_subset",
     "manifest",
+    "sample_queries",
 ]
 
 DEMO_DIR = Path(__file__).with_name("demo")
@@ -105,6 +107,16 @@ class SubsetInfo:
     hard_negatives_per_query: int
 
 
+@dataclass(frozen=True)
+class QuerySample:
+    """Which queries a query sample kept (see :func:`sample_queries`): the corpus is whole."""
+
+    parent: str
+    seed: int
+    n_queries: int
+    parent_queries: int
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class BeirCollection:
     """A BEIR collection for one split: corpus, that split's queries and graded judgements.
@@ -129,6 +141,7 @@ class BeirCollection:
     qrels: dict[str, dict[str, int]]
     source: Path
     subset: SubsetInfo | None = None
+    sample: QuerySample | None = None
 
     @property
     def is_subset(self) -> bool:
@@ -221,6 +234,12 @@ class BeirCollection:
             f"{self.name} ({self.split} split): {len(self.corpus):,} docs, {len(self.queries):,} queries, "
             f"{self.n_judgements:,} judgements (grades {grades})"
         )
+        if self.sample is not None:
+            text += (
+                f"\nquery sample: {self.sample.n_queries} of the split's {self.sample.parent_queries} queries "
+                f"(seed {self.sample.seed}) over the whole corpus, so scores estimate the full split's (with wider "
+                "intervals than all queries would give)."
+            )
         if self.subset is not None:
             info = self.subset
             random_docs = info.n_docs - info.n_judged_docs - info.n_hard_negatives
@@ -340,11 +359,12 @@ def download_beir(
             and contents are checked.
         root: where collections live.
 
-    Example:
-        >>> from ragkit.data import download_beir
-        >>> folder = download_beir("scifact")  # doctest: +SKIP
-        >>> sorted(p.name for p in folder.iterdir())  # doctest: +SKIP
-        ['corpus.jsonl', 'qrels', 'queries.jsonl']
+    Example::
+
+        from ragkit.data import download_beir
+        folder = download_beir("scifact")
+        sorted(p.name for p in folder.iterdir())
+        # ['corpus.jsonl', 'qrels', 'queries.jsonl']
     """
     folder, _ = _download(name, split, url=url, md5=md5, root=root)
     return folder
@@ -390,13 +410,13 @@ def make_subset(
     """
     queries_available = len(collection.queries)
     if not 1 <= n_queries <= queries_available:
-        raise ValueError(
+        raise ConfigError(
             f"n_queries must be between 1 and {queries_available} (the queries {collection.name} has), got {n_queries}."
         )
     if n_docs < 1:
-        raise ValueError(f"n_docs must be at least 1, got {n_docs}.")
+        raise ConfigError(f"n_docs must be at least 1, got {n_docs}.")
     if hard_negatives_per_query < 0:
-        raise ValueError(f"hard_negatives_per_query must be 0 or more, got {hard_negatives_per_query}.")
+        raise ConfigError(f"hard_negatives_per_query must be 0 or more, got {hard_negatives_per_query}.")
 
     rng = random.Random(seed)
     query_ids = sorted(rng.sample(sorted(collection.queries), n_queries))
@@ -444,6 +464,34 @@ def make_subset(
     )
 
 
+def sample_queries(collection: BeirCollection, n_queries: int, *, seed: int = DEFAULT_SUBSET_SEED) -> BeirCollection:
+    """``n_queries`` of ``collection``'s queries, sampled with ``seed``, over its whole corpus.
+
+    Unlike :func:`make_subset`, the corpus is not cut, so every query is as hard as in the full
+    split and the scores are unbiased estimates of the full split's (only less precise): this
+    is what ``ragkit eval`` runs by default. A sample as large as the split is the split itself.
+
+    Example:
+        >>> from ragkit.data import load_beir
+        >>> sampled = sample_queries(load_beir("demo"), 3)
+        >>> sampled.name, len(sampled.queries), len(sampled.corpus), sampled.is_subset
+        ('demo-q3-s0', 3, 40, False)
+    """
+    available = len(collection.queries)
+    if isinstance(n_queries, bool) or not isinstance(n_queries, int) or n_queries < 1:
+        raise ConfigError(f"n_queries must be a whole number of at least 1, got {n_queries!r}.")
+    if n_queries >= available:
+        return collection
+    query_ids = sorted(random.Random(seed).sample(sorted(collection.queries), n_queries))
+    return replace(
+        collection,
+        name=f"{collection.name}-q{n_queries}-s{seed}",
+        queries={q: collection.queries[q] for q in query_ids},
+        qrels={q: dict(collection.qrels[q]) for q in query_ids},
+        sample=QuerySample(parent=collection.name, seed=seed, n_queries=n_queries, parent_queries=available),
+    )
+
+
 def _hard_negatives(
     collection: BeirCollection, query_ids: list[str], per_query: int, index: BM25Index | None
 ) -> list[list[str]]:
@@ -452,7 +500,7 @@ def _hard_negatives(
         doc_ids = sorted(collection.corpus)
         index = BM25Index.from_texts(doc_ids, [collection.text(doc_id) for doc_id in doc_ids])
     elif len(index) != len(collection.corpus) or not collection.corpus.keys() >= set(index.ids):
-        raise ValueError(f"The BM25 index given to make_subset does not cover exactly {collection.name}'s documents.")
+        raise ConfigError(f"The BM25 index given to make_subset does not cover exactly {collection.name}'s documents.")
     depth = per_query + max(len(collection.qrels[query_id]) for query_id in query_ids)
     hits = index.search([collection.queries[query_id] for query_id in query_ids], k=depth)
     return [
@@ -571,17 +619,17 @@ def _read_jsonl(path: Path, example: str) -> Iterator[tuple[int, dict]]:
 def _record_id(record: dict, path: Path, lineno: int, seen: Mapping[str, object]) -> str:
     if "_id" not in record:
         raise DataError(
-            f"{path}, line {lineno}: no \"_id\" field (found {sorted(record)}). Every record needs a unique \"_id\". "
+            f'{path}, line {lineno}: no "_id" field (found {sorted(record)}). Every record needs a unique "_id". '
             f"{_fix_hint(path)}"
         )
     value = record["_id"]
     if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
-        raise DataError(f"{path}, line {lineno}: \"_id\" is {value!r}; expected a non-empty string. {_fix_hint(path)}")
+        raise DataError(f'{path}, line {lineno}: "_id" is {value!r}; expected a non-empty string. {_fix_hint(path)}')
     record_id = str(value)
     if record_id in seen:
         first = _first_line_with_id(path, record_id)
         raise DataError(
-            f"{path}, line {lineno}: duplicate \"_id\" {record_id!r}, already used on line {first}. "
+            f'{path}, line {lineno}: duplicate "_id" {record_id!r}, already used on line {first}. '
             f"Ids must be unique; "
             f"remove or rename one of the two records."
         )
@@ -595,7 +643,7 @@ def _field(record: dict, key: str, path: Path, lineno: int, *, required: bool) -
     if not isinstance(value, str):
         found = "no such field" if key not in record else f"{type(value).__name__} {value!r:.40}"
         need = "a string" if required else "a string (or no field)"
-        raise DataError(f"{path}, line {lineno}: \"{key}\" must be {need}; found {found}. {_fix_hint(path)}")
+        raise DataError(f'{path}, line {lineno}: "{key}" must be {need}; found {found}. {_fix_hint(path)}')
     return value
 
 
@@ -719,10 +767,6 @@ def _is_downloadable(name: str) -> bool:
     return info is not None and not info.get("packaged", False)
 
 
-def _flag(variable: str) -> bool:
-    return os.environ.get(variable, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _zip_url(name: str) -> str:
     mirror = os.environ.get(BEIR_MIRROR_ENV)
     if mirror:
@@ -752,14 +796,14 @@ def _download(
     target = root / name
     if target.is_dir():
         return target, None
-    if _flag(OFFLINE_ENV):
+    if env_flag(OFFLINE_ENV):
         raise DataError(_not_here_message(name, split, [f"{OFFLINE_ENV}=1 is set, so no download was tried"], root))
 
     info = manifest()["collections"].get(name, {})
     sources = [("zip", url or _zip_url(name))]
     problems = []
     if url is None and info.get("hub"):
-        hub_offline = [var for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if _flag(var)]
+        hub_offline = [var for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if env_flag(var)]
         if hub_offline:
             problems.append(f"Hugging Face Hub: skipped, {hub_offline[0]}=1 is set")
         else:

@@ -1,45 +1,40 @@
-"""The evaluation engine: compare retrieval pipelines on one collection, honestly.
+"""The evaluation engine: run retrieval pipelines on one collection and compare them, honestly.
 
 ``experiment()`` runs several pipelines on the same queries and qrels and returns an
-``Experiment``: an aggregate table with a baseline, per-measure deltas, paired significance
-tests (t-test and randomization, Holm-corrected), bootstrap confidence intervals of each delta
-and win/tie/loss counts; per-query scores; per-stage latency; and the runs themselves.
-Measures come from ``ir_measures`` only.
+:class:`~ragkit.results.EvaluationResult`: an aggregate table with a baseline, per-measure
+deltas, paired significance tests (t-test and randomization, Holm-corrected), bootstrap
+confidence intervals and win/tie/loss counts (``ragkit.stats``); per-query scores
+(``ragkit.measures``); per-stage latency; and the runs themselves. What it computes is
+reused through ``ragkit.cache``.
 
-Example:
-    >>> from ragkit import Pipeline, experiment, load_beir, make_subset
-    >>> subset = make_subset(load_beir("scifact"), 20)
-    >>> result = experiment(subset, [Pipeline(), Pipeline(reranker="cross-encoder/ms-marco-MiniLM-L-12-v2")])
-    >>> result.summary()  # doctest: +SKIP
+Example::
+
+    from ragkit import Pipeline, experiment, load_beir, make_subset
+    subset = make_subset(load_beir("scifact"), 20)
+    result = experiment(subset, [Pipeline(), Pipeline(reranker="cross-encoder/ms-marco-MiniLM-L-12-v2")])
+    result.summary()
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import importlib.metadata
-import json
-import pickle
-import platform
-import sqlite3
+import logging
+import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-import ir_measures
 import numpy as np
 import pandas as pd
-from scipy import stats
-from tqdm.auto import tqdm
 
+from ragkit.cache import FORMATS, Cache, PairScoreCache, digest
 from ragkit.data import BeirCollection
-from ragkit.errors import RagkitError
+from ragkit.errors import ConfigError
 from ragkit.loaders import resolve_device
-from ragkit.models import model_revision
-from ragkit.rerank import load_reranker, score_pairs
-from ragkit.retrievers import BM25Retriever, build_chroma_index
+from ragkit.measures import Run, parse_measures, per_query_scores
+from ragkit.provenance import code_state, device_description, machine_state, model_state, now, versions
+from ragkit.rerank import load_reranker, score_pairs, token_lengths
+from ragkit.results import EvaluationResult
 from ragkit.settings import (
     DEFAULT_EMBEDDER,
     DEFAULT_MEASURES,
@@ -48,15 +43,17 @@ from ragkit.settings import (
     LATENCY_QUERIES,
     N_RESAMPLES,
     RERANK_DTYPES,
-    SIGNIFICANCE_LEVEL,
-    cache_dir,
+    RunSettings,
     rerank_batch_size,
 )
+from ragkit.stats import aggregate, percentile_ci
 
-Run = dict[str, dict[str, float]]  # query id -> doc id -> score, as ir_measures and TREC expect
-# Bumped when how score_pairs batches changes: scores then differ in float rounding, and a cache
-# filled by the old way would make a run disagree with a fresh one in the last digits.
-_SCORING_FORMAT = 3
+log = logging.getLogger("ragkit")
+
+Hits = list[list[tuple[str, float]]]  # per query: (doc_id, score), best first
+# Pairs scored between two commits to the pair-score cache: an interrupted run loses at most
+# this many. A multiple of the batch size is used, so batches are the same as in one pass.
+SCORE_CHUNK = 256
 
 
 def _short(model_id: str) -> str:
@@ -80,6 +77,17 @@ class Pipeline:
         reranker_dtype: the cross-encoder's weight precision, one of ``settings.RERANK_DTYPES``
             (default float32). bfloat16 is faster on GPUs and on CPUs with bf16 support, and
             changes scores slightly: compare both as two pipelines to see what it costs.
+        truncate: what a reranked pipeline's evaluation run holds. ``False`` (default): the
+            reranked top ``k`` followed by the first stage's other candidates, down to 100, in
+            their first-stage order (the BEIR and PyTerrier convention), so that R@100 and
+            other deep measures compare like with like with the first stage; ``top_n`` then
+            only sets what the LangChain retriever hands on. ``True``: only the ``top_n``
+            reranked documents, as LangChain's ``CrossEncoderReranker`` returns them; the name
+            says ``truncated``.
+
+    Rankings are decided on the cross-encoder's logits, which never saturate (its sigmoid
+    rounds every strong match to 1.0 and turns them into ties), and a run's scores strictly
+    decrease down the ranking, so any scorer reads the order ragkit decided.
 
     Example:
         >>> Pipeline(reranker="cross-encoder/ms-marco-MiniLM-L-12-v2", k=50).name
@@ -92,26 +100,28 @@ class Pipeline:
     k: int | None = None
     top_n: int | None = None
     reranker_dtype: str = "float32"
+    truncate: bool = False
 
     def __post_init__(self) -> None:
         if self.retriever not in ("dense", "bm25"):
-            raise RagkitError(f"Unknown retriever {self.retriever!r}: use 'dense' or 'bm25'.")
+            raise ConfigError(f"Unknown retriever {self.retriever!r}: use 'dense' or 'bm25'.")
         if self.retriever == "dense" and not self.embedder:
-            raise RagkitError("A dense pipeline needs an embedder (a Hub id or a local folder).")
+            raise ConfigError("A dense pipeline needs an embedder (a Hub id or a local folder).")
         if self.retriever == "bm25":
             object.__setattr__(self, "embedder", None)
         k = self.k if self.k is not None else (DEFAULT_RERANK_K if self.reranker else FIRST_STAGE_DEPTH)
         top_n = self.top_n if self.top_n is not None else k
         if k < 1 or top_n < 1:
-            raise RagkitError(f"k and top_n must be at least 1 (got k={k}, top_n={top_n}).")
+            raise ConfigError(f"k and top_n must be at least 1 (got k={k}, top_n={top_n}).")
         if top_n > k:
-            raise RagkitError(f"top_n={top_n} is more than the k={k} candidates the reranker sees.")
+            raise ConfigError(f"top_n={top_n} is more than the k={k} candidates the reranker sees.")
         if self.reranker_dtype not in RERANK_DTYPES:
-            raise RagkitError(f"reranker_dtype must be one of {', '.join(RERANK_DTYPES)}, got {self.reranker_dtype!r}.")
+            raise ConfigError(f"reranker_dtype must be one of {', '.join(RERANK_DTYPES)}, got {self.reranker_dtype!r}.")
         object.__setattr__(self, "k", k)
         object.__setattr__(self, "top_n", top_n if self.reranker else k)
         if not self.reranker:
             object.__setattr__(self, "reranker_dtype", "float32")
+            object.__setattr__(self, "truncate", False)
 
     @property
     def first_stage(self) -> str:
@@ -124,7 +134,18 @@ class Pipeline:
         if not self.reranker:
             return self.first_stage if self.k == FIRST_STAGE_DEPTH else f"{self.first_stage}(k={self.k})"
         dtype = "" if self.reranker_dtype == "float32" else f"[{self.reranker_dtype}]"
-        return f"{self.first_stage} >> {_short(self.reranker)}{dtype}(k={self.k}, top_n={self.top_n})"
+        truncated = ", truncated" if self.truncate else ""
+        return f"{self.first_stage} >> {_short(self.reranker)}{dtype}(k={self.k}, top_n={self.top_n}{truncated})"
+
+    @property
+    def depth(self) -> int:
+        """How many first-stage candidates the pipeline's evaluation run needs."""
+        return self.k if not self.reranker or self.truncate else max(self.k, FIRST_STAGE_DEPTH)
+
+    def own_first_stage(self) -> Pipeline:
+        """The same first stage without reranking, at its full depth: what this pipeline's
+        reranker is measured against."""
+        return Pipeline(self.retriever, self.embedder)
 
 
 def grid(
@@ -132,19 +153,29 @@ def grid(
     rerankers: Sequence[str | None] = (None,),
     ks: Sequence[int] = (DEFAULT_RERANK_K,),
     top_ns: Sequence[int | None] = (None,),
+    *,
     bm25: bool = False,
     reranker_dtypes: Sequence[str] = ("float32",),
+    truncate: bool = False,
 ) -> list[Pipeline]:
     """Every combination of first stage, reranker (``None`` = no reranking), k, top_n and
     reranker precision.
 
     First-stage-only pipelines appear once per first stage (k and top_n only matter to a
-    reranker); combinations with ``top_n > k`` are left out.
+    reranker); combinations with ``top_n > k`` are left out (:func:`skipped_combinations`
+    lists them, and a k for which every top_n is too large is an error).
 
     Example:
         >>> [p.name for p in grid(rerankers=[None, "cross-encoder/ms-marco-MiniLM-L-12-v2"], ks=[20])]
         ['dense(all-MiniLM-L6-v2)', 'dense(all-MiniLM-L6-v2) >> ms-marco-MiniLM-L-12-v2(k=20, top_n=20)']
     """
+    if any(r is not None for r in rerankers):
+        for k in ks:
+            if not any(top_n is None or top_n <= k for top_n in top_ns):
+                raise ConfigError(
+                    f"No reranked pipeline with k={k}: every top_n ({', '.join(map(str, top_ns))}) is more than "
+                    f"the {k} candidates the reranker sees. Use top_n <= k, or a larger k."
+                )
     stages = [("dense", e) for e in embedders] + ([("bm25", None)] if bm25 else [])
     out: list[Pipeline] = []
     for retriever, embedder in stages:
@@ -155,181 +186,21 @@ def grid(
             for k in ks:
                 for top_n in top_ns:
                     if top_n is None or top_n <= k:
-                        out += [Pipeline(retriever, embedder, reranker, k, top_n, d) for d in reranker_dtypes]
+                        out += [Pipeline(retriever, embedder, reranker, k, top_n, d, truncate) for d in reranker_dtypes]
     return list(dict.fromkeys(out))
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def paired_comparison(base: np.ndarray, other: np.ndarray, *, n_resamples: int = N_RESAMPLES,
-                      seed: int = 0) -> dict[str, float]:
-    """Compare two pipelines' per-query scores on the same queries.
-
-    Returns the mean delta (``other - base``), its 95% bootstrap confidence interval
-    (percentile, resampling queries), the two-sided paired t-test p-value and the two-sided
-    paired randomization (sign-flip) test p-value, and win/tie/loss counts.
+def skipped_combinations(ks: Sequence[int], top_ns: Sequence[int | None]) -> list[tuple[int, int]]:
+    """The (k, top_n) combinations :func:`grid` leaves out because top_n is more than k.
 
     Example:
-        >>> r = paired_comparison(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.2, 0.3, 0.4, 0.5]), n_resamples=1000)
-        >>> round(r["delta"], 3), r["wins"], r["losses"]
-        (0.1, 4, 0)
+        >>> skipped_combinations([5, 20], [10])
+        [(5, 10)]
     """
-    diff = np.asarray(other, dtype=float) - np.asarray(base, dtype=float)
-    n = len(diff)
-    rng = np.random.default_rng(seed)
-    boot = diff[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
-    signs = rng.choice([-1.0, 1.0], size=(n_resamples, n))
-    observed = abs(diff.mean())
-    # The +1s count the observed assignment itself, so p is never exactly 0.
-    p_perm = (np.sum(np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12) + 1) / (n_resamples + 1)
-    p_t = float(stats.ttest_rel(other, base).pvalue) if np.any(diff != 0) else 1.0
-    return {
-        "delta": float(diff.mean()),
-        "ci_low": float(np.percentile(boot, 2.5)),
-        "ci_high": float(np.percentile(boot, 97.5)),
-        "p_ttest": p_t,
-        "p_perm": float(p_perm),
-        "wins": int(np.sum(diff > 0)),
-        "ties": int(np.sum(diff == 0)),
-        "losses": int(np.sum(diff < 0)),
-    }
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1).
-
-    Example:
-        >>> holm([0.01, 0.04, 0.03])
-        [0.03, 0.06, 0.06]
-    """
-    p = np.asarray(pvalues, dtype=float)
-    order = np.argsort(p)
-    m = len(p)
-    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order]).clip(max=1.0)
-    out = np.empty(m)
-    out[order] = adjusted
-    return [round(float(x), 12) for x in out]
-
-
-def mean_ci(values: np.ndarray, *, n_resamples: int = N_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap confidence interval of a mean over queries."""
-    values = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    boot = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
-    return float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
-
-
-def parse_measures(names: Sequence[str]) -> list[Any]:
-    """ir-measures objects for names such as ``nDCG@10``, ``RR@10``, ``R@100``, ``P@5``.
-
-    Example:
-        >>> [str(m) for m in parse_measures(["nDCG@10", "RR@10"])]
-        ['nDCG@10', 'RR@10']
-    """
-    out = []
-    for name in names:
-        try:
-            out.append(ir_measures.parse_measure(name))
-        except (ValueError, NameError, SyntaxError, TypeError) as exc:
-            raise RagkitError(
-                f"Unknown measure {name!r} ({exc}). Use an ir-measures name such as nDCG@10, RR@10, "
-                "R@100, P@5, AP@100 (see https://ir-measur.es/en/latest/measures.html)."
-            ) from exc
-    return out
-
-
-def per_query_scores(qrels: dict[str, dict[str, int]], run: Run, measures: Sequence[Any]) -> pd.DataFrame:
-    """One row per (query, measure) for every judged query; a query the run misses scores 0,
-    as trec_eval's ``-c`` option counts it."""
-    values = {(m.query_id, str(m.measure)): m.value for m in ir_measures.iter_calc(measures, qrels, run)}
-    rows = [(qid, str(m), values.get((qid, str(m)), 0.0)) for qid in sorted(qrels) for m in measures]
-    return pd.DataFrame(rows, columns=["query_id", "measure", "value"])
-
-
-# ----------------------------------------------------------------------------- caches
-
-
-class PairScoreCache:
-    """Cross-encoder scores on disk, keyed on the model configuration and the exact pair text,
-    so that changing top_n or re-running a grid never scores a pair twice."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS scores (model TEXT, pair TEXT, score REAL, PRIMARY KEY (model, pair))")
-
-    @staticmethod
-    def pair_key(query: str, passage: str) -> str:
-        return hashlib.sha256(f"{query}\x1f{passage}".encode()).hexdigest()
-
-    def get(self, model_key: str, keys: Sequence[str]) -> dict[str, float]:
-        found: dict[str, float] = {}
-        for start in range(0, len(keys), 500):  # SQLite limits the number of bound parameters
-            chunk = list(keys[start:start + 500])
-            marks = ",".join("?" * len(chunk))
-            found.update(self._db.execute(
-                f"SELECT pair, score FROM scores WHERE model = ? AND pair IN ({marks})", [model_key, *chunk]))
-        return found
-
-    def put(self, model_key: str, items: dict[str, float]) -> None:
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)",
-                                 [(model_key, k, float(v)) for k, v in items.items()])
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write a cache file so that a half-written one is never read back (an error, Ctrl-C)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return [(k, n) for k in ks for n in top_ns if n is not None and n > k]
 
 
 # ----------------------------------------------------------------------------- the experiment
-
-
-@dataclass
-class Experiment:
-    """What ``experiment()`` returns.
-
-    Attributes:
-        table: one row per pipeline: each measure, and against the baseline its delta, the
-            delta's 95% CI, t-test and randomization p-values (raw and Holm-corrected) and
-            win/tie/loss counts.
-        per_query: long table of (pipeline, query_id, measure, value).
-        latency: per pipeline and stage (embed query, vector search, rerank, total), p50 and
-            p95 milliseconds over queries timed one at a time.
-        runs: pipeline name -> query id -> doc id -> score.
-        meta: collection, subset flag, device, model revisions, versions, date.
-    """
-
-    table: pd.DataFrame
-    per_query: pd.DataFrame
-    latency: pd.DataFrame
-    runs: dict[str, Run]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self, measure: str | None = None) -> pd.DataFrame:
-        """A narrow table for one measure (default: the first): value, delta, CI, p, W/T/L."""
-        m = measure or self.meta["measures"][0]
-        cols = [m] + [f"{m} {c}" for c in ("delta", "ci_low", "ci_high", "p_perm_holm", "wins", "ties", "losses")]
-        out = self.table[cols].copy()
-        out.columns = [m, "Δ", "CI low", "CI high", "p (Holm)", "wins", "ties", "losses"]
-        return out
-
-    def save(self, folder: str | Path) -> Path:
-        """Write the report folder (CSV, JSON, TREC runs, Markdown, plots); see ``ragkit.report``."""
-        from ragkit.report import write_report
-
-        return write_report(self, folder)
 
 
 def _first_stage_key(p: Pipeline) -> tuple[str, str | None]:
@@ -350,12 +221,13 @@ def experiment(
     seed: int = 0,
     use_cache: bool = True,
     show_progress: bool = True,
-) -> Experiment:
+) -> EvaluationResult:
     """Run ``pipelines`` on ``collection`` and compare each with the baseline.
 
     Args:
         collection: a BEIR collection or a ragkit subset (``ragkit.load_beir``, ``make_subset``).
-        pipelines: what to compare; names must be unique.
+        pipelines: what to compare; names must be unique. The first stage of each reranked
+            pipeline, alone, is added when it is missing: every reranker is compared with it.
         measures: ir-measures names; default nDCG@10, RR@10 (MRR@10), R@100.
         baseline: index or name of the pipeline the others are compared with.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...; one device for every model.
@@ -365,144 +237,265 @@ def experiment(
             query through the LangChain retriever the notebooks teach. Both give the same runs.
         latency_queries: how many queries are timed one at a time, uncached, per pipeline.
         n_resamples: permutations and bootstrap samples.
+        seed: seed of the resampling.
         use_cache: reuse what earlier runs cached under ``settings.cache_dir()``: the whole
             result of an identical call (same collection, queries, qrels, pipelines, models,
             settings, device and library versions), else first-stage runs, pair scores and
             latency timings (reused only on the same hardware, threads and versions). The
             report says what was reused and when it was measured; ``use_cache=False``
-            computes and measures everything afresh (the Chroma index is reused all the same).
+            computes and measures everything afresh and overwrites what was cached (the
+            Chroma index is reused all the same, once verified).
+        show_progress: progress bars while embedding, scoring and over pipelines.
 
-    Example:
-        >>> result = experiment(subset, grid(rerankers=[None, "cross-encoder/ms-marco-MiniLM-L-12-v2"]))  # doctest: +SKIP
-        >>> result.table  # doctest: +SKIP
+    The keyword arguments become one :class:`ragkit.settings.RunSettings`, which every stage
+    reads and the result cache's key is computed from.
+
+    Example::
+
+        result = experiment(subset, grid(rerankers=[None, "cross-encoder/ms-marco-MiniLM-L-12-v2"]))
+        result.table
     """
     pipelines = list(pipelines)
     if not pipelines:
-        raise RagkitError("experiment() needs at least one pipeline.")
+        raise ConfigError("experiment() needs at least one pipeline.")
+    # Every reranker is also measured against the first stage it reranks: add that first
+    # stage alone where the grid lacks it (it costs no model pass: its run is computed anyway).
+    for own in dict.fromkeys(p.own_first_stage() for p in pipelines if p.reranker):
+        if own not in pipelines:
+            pipelines.append(own)
     names = [p.name for p in pipelines]
     if len(set(names)) != len(names):
-        raise RagkitError(f"Pipeline names must be unique; got {names}.")
+        raise ConfigError(f"Pipeline names must be unique; got {names}.")
     base_index = names.index(baseline) if isinstance(baseline, str) and baseline in names else baseline
-    if not isinstance(base_index, int) or not 0 <= base_index < len(pipelines):
-        raise RagkitError(f"Baseline {baseline!r} is not one of the pipelines: {names}.")
-    parsed = parse_measures(measures)
-    device = resolve_device(device)
-    batch_size = rerank_batch_size(device) if batch_size is None else batch_size
-    root = cache_dir()
-    saved = None
+    if isinstance(base_index, bool) or not isinstance(base_index, int) or not 0 <= base_index < len(pipelines):
+        raise ConfigError(f"Baseline {baseline!r} is not one of the pipelines: {names}.")
+    measures = [str(m) for m in parse_measures(measures)]
+    settings = RunSettings(
+        measures=tuple(measures),
+        baseline=base_index,
+        device=device,
+        batch_size=batch_size,
+        engine=engine,
+        latency_queries=latency_queries,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    device = resolve_device(settings.device)
+    settings = replace(settings, device=device, batch_size=settings.batch_size or rerank_batch_size(device))
+    cache = Cache()
+    key = _result_key(collection, pipelines, settings)
     if use_cache:
-        key = _experiment_key(collection, pipelines, [str(m) for m in parsed], base_index, device, batch_size, engine,
-                              latency_queries, n_resamples, seed)
-        saved = root / "experiments" / f"{key}.pkl"
-        if saved.is_file():
-            with saved.open("rb") as f:
-                result: Experiment = pickle.load(f)
+        stored = cache.read("results", key, check=lambda data: _result_problem(data, collection, pipelines))
+        if stored is not None:
+            result = EvaluationResult.from_dict(stored)
             result.meta["reused_result"] = True
             return result
-    result = _run_experiment(collection, pipelines, parsed, base_index, device, batch_size, engine, latency_queries,
-                             n_resamples, seed, root if use_cache else None, show_progress)
-    if saved is not None:
-        _write_atomically(saved, pickle.dumps(result))
+    result = _run_experiment(collection, pipelines, settings, cache=cache, reuse=use_cache, show_progress=show_progress)
+    cache.write("results", key, result.to_dict())
     return result
 
 
-def _experiment_key(collection: BeirCollection, pipelines: list[Pipeline], measures: list[str], base_index: int,
-                    device: str, batch_size: int, engine: str, latency_queries: int, n_resamples: int,
-                    seed: int) -> str:
+def _result_problem(data: Any, collection: BeirCollection, pipelines: list[Pipeline]) -> str | None:
+    """What is wrong with a stored result for this call, or ``None``."""
+    result = EvaluationResult.from_dict(data)  # raises on anything that is not a result
+    if list(result.table.index) != [p.name for p in pipelines]:
+        return "it holds other pipelines"
+    if result.meta["n_queries"] != len(collection.queries) or set(result.per_query["query_id"]) != set(
+        collection.qrels
+    ):
+        return "it covers other queries"
+    return None
+
+
+def _result_key(collection: BeirCollection, pipelines: list[Pipeline], settings: RunSettings) -> str:
     """Everything an experiment's result depends on, cheap to compute: no model is loaded and
     no index opened, so that re-running an unchanged grid costs little more than the imports."""
-    from ragkit import retrievers
+    from ragkit.retrievers import HNSW
 
     models = sorted({m for p in pipelines for m in (p.embedder, p.reranker) if m})
-    return _digest("experiment", collection.fingerprint(), sorted(collection.queries.items()),
-                   sorted((q, sorted(d.items())) for q, d in collection.qrels.items()),
-                   [asdict(p) for p in pipelines], measures, base_index, _machine_state(device), batch_size,
-                   engine, latency_queries, n_resamples, seed, {m: _model_state(m) for m in models}, _code_state(),
-                   _SCORING_FORMAT, retrievers._INDEX_FORMAT, retrievers._HNSW)
+    return digest(
+        "results",
+        collection.name,  # the report names it: a copy under another name is another result
+        collection.split,
+        collection.fingerprint(),
+        sorted(collection.queries.items()),
+        sorted((q, sorted(d.items())) for q, d in collection.qrels.items()),
+        [asdict(p) for p in pipelines],
+        asdict(settings),
+        machine_state(settings.device),
+        {m: model_state(m) for m in models},
+        code_state(),
+        FORMATS,
+        HNSW,
+    )
 
 
-def _machine_state(device: str) -> tuple[Any, ...]:
-    """What timings depend on besides the work itself: device, CPU or GPU model, torch
-    threads and library versions. torch is already imported by ``resolve_device``."""
-    import torch
+def _run_experiment(
+    collection: BeirCollection,
+    pipelines: list[Pipeline],
+    settings: RunSettings,
+    *,
+    cache: Cache,
+    reuse: bool,
+    show_progress: bool,
+) -> EvaluationResult:
+    """Compute a result: first stages, runs, latency, measures, statistics. With ``reuse``,
+    cached runs, pair scores and timings are read; fresh ones are written either way."""
+    from tqdm.auto import tqdm
 
-    return device, device_description(device), torch.get_num_threads(), versions()
-
-
-def _code_state() -> str:
-    """A digest of ragkit's own source: a stored result answers only the code that computed
-    it, so an edit to an editable install (whose version number stays put) recomputes."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def _model_state(model_id: str) -> Any:
-    """A model's identity for cache keys: its revision, or for a local folder (whose revision
-    is just "local") the names, sizes and modification times of its files, so retraining a
-    model in place is noticed."""
-    folder = Path(model_id)
-    if not folder.is_dir():
-        return model_revision(model_id)
-    return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
-                  for f in folder.rglob("*") if f.is_file())
-
-
-def _run_experiment(collection: BeirCollection, pipelines: list[Pipeline], parsed: list[Any], base_index: int,
-                    device: str, batch_size: int, engine: str, latency_queries: int, n_resamples: int, seed: int,
-                    root: Path | None, show_progress: bool) -> Experiment:
-    names = [p.name for p in pipelines]
     query_ids = sorted(collection.queries)
     query_texts = [collection.queries[q] for q in query_ids]
-
     runs: dict[str, Run] = {}
     latency_rows: list[dict[str, Any]] = []
     latency_measured: dict[str, dict[str, Any]] = {}  # pipeline -> when its timings were taken, and if reused
     stages: dict[tuple[str, str | None], Any] = {}
-    candidates: dict[tuple[str, str | None], list[list[tuple[str, float]]]] = {}
-    pair_cache = PairScoreCache(root / "pair_scores.sqlite") if root is not None else None
+    candidates: dict[tuple[str, str | None], Hits] = {}
+    pair_cache = cache.pair_scores()
     try:
         for key in dict.fromkeys(_first_stage_key(p) for p in pipelines):
-            depth = max(p.k for p in pipelines if _first_stage_key(p) == key)
-            stage = _build_first_stage(collection, key, device, show_progress)
+            depth = max(p.depth for p in pipelines if _first_stage_key(p) == key)
+            stage = _build_first_stage(collection, key, settings.device, show_progress)
             stages[key] = stage
-            candidates[key] = _first_stage_run(stage, key, query_texts, depth, root)
+            candidates[key] = _first_stage_run(stage, collection, query_texts, depth, cache=cache, reuse=reuse)
+
+        # A k sweep costs one scoring pass at its largest k: a smaller k's candidates are a
+        # prefix of the larger one's, so scoring the deepest pipeline of each reranker first
+        # leaves the others nothing to score.
+        scored: dict[str, float] = {}  # pair scores computed in this run, whatever `reuse` says
+        throughput: dict[str, dict[str, Any]] = {}  # batched scoring passes timed in this run
+        if settings.engine == "batched":
+            deepest: dict[tuple[Any, ...], Pipeline] = {}
+            for p in pipelines:
+                group = (*_first_stage_key(p), p.reranker, p.reranker_dtype)
+                if p.reranker and (group not in deepest or p.k > deepest[group].k):
+                    deepest[group] = p
+            for p in deepest.values():
+                cands = [c[: p.depth] for c in candidates[_first_stage_key(p)]]
+                timing: dict[str, Any] = {}
+                _rerank_batched(p, cands, collection, query_ids, settings, pair_cache, scored, reuse=reuse,
+                                show_progress=show_progress, timing=timing)  # fmt: skip
+                if timing.get("pairs") == timing.get("of"):  # every pair scored now: a whole pass, timed
+                    throughput[p.name] = {"pairs": timing["pairs"], "queries": len(query_ids),
+                                          "seconds": timing["seconds"], "measured": now()}  # fmt: skip
 
         bar = tqdm(pipelines, desc="pipelines", disable=not show_progress)
         for p in bar:
             bar.set_postfix_str(p.name)
             stage = stages[_first_stage_key(p)]
-            if engine == "langchain":
-                run = _langchain_run(p, stage, collection, query_ids, device, batch_size)
+            if settings.engine == "langchain":
+                run = _langchain_run(p, stage, collection, query_ids, settings)
             else:
-                cands = [c[:p.k] for c in candidates[_first_stage_key(p)]]
+                cands = [c[: p.depth] for c in candidates[_first_stage_key(p)]]
                 if p.reranker:
-                    run = _rerank_batched(p, cands, collection, query_ids, device, batch_size, pair_cache, show_progress)
+                    run = _rerank_batched(
+                        p,
+                        cands,
+                        collection,
+                        query_ids,
+                        settings,
+                        pair_cache,
+                        scored,
+                        reuse=reuse,
+                        show_progress=show_progress,
+                    )
                 else:
-                    run = {q: dict(c) for q, c in zip(query_ids, cands)}
+                    run = {q: ranked_run(c) for q, c in zip(query_ids, cands)}
             runs[p.name] = run
-            if latency_queries > 0:
-                rows, latency_measured[p.name] = _pipeline_latency(p, stage, collection, query_ids[:latency_queries],
-                                                                   device, batch_size, root)
+            if settings.latency_queries > 0:
+                rows, latency_measured[p.name] = _pipeline_latency(
+                    p, stage, collection, query_ids[: settings.latency_queries], settings, cache=cache, reuse=reuse
+                )
                 latency_rows += rows
     finally:
-        if pair_cache is not None:
-            pair_cache.close()
+        pair_cache.close()
 
+    parsed = parse_measures(settings.measures)
     per_query = pd.concat(
         [per_query_scores(collection.qrels, runs[p.name], parsed).assign(pipeline=p.name) for p in pipelines],
         ignore_index=True,
     )[["pipeline", "query_id", "measure", "value"]]
-    table = _aggregate(per_query, names, base_index, [str(m) for m in parsed], n_resamples, seed)
-    latency = _latency_table(latency_rows)
-    meta = _meta(collection, pipelines, names[base_index], [str(m) for m in parsed], device, engine, batch_size)
+    names = [p.name for p in pipelines]
+    table = aggregate(
+        per_query,
+        names,
+        baseline=names[settings.baseline],
+        first_stages={p.name: p.own_first_stage().name for p in pipelines if p.reranker},
+        measures=list(settings.measures),
+        n_resamples=settings.n_resamples,
+        seed=settings.seed,
+    )
+    meta = _meta(collection, pipelines, settings)
     meta["latency_measured"] = latency_measured
+    meta["throughput"] = throughput
     meta["reused_result"] = False
-    return Experiment(table=table, per_query=per_query, latency=latency, runs=runs, meta=meta)
+    timings = pd.DataFrame(latency_rows, columns=["pipeline", "query_id", *_STAGES])
+    return EvaluationResult(
+        table=table, per_query=per_query, latency=_latency_table(latency_rows), runs=runs, meta=meta, timings=timings
+    )
 
 
-def _build_first_stage(collection: BeirCollection, key: tuple[str, str | None], device: str, show_progress: bool) -> Any:
+def pool(results: Sequence[EvaluationResult], *, n_resamples: int = N_RESAMPLES, seed: int = 0) -> EvaluationResult:
+    """Several collections' results as one: every query of every collection is one paired
+    observation (query ids become ``<collection>/<query id>``), so the means are query-weighted
+    and the tests and intervals use all the queries together. This is how evidence adds up
+    when one small collection cannot detect the effect asked about; the tests stay valid under
+    a different effect per collection, since every sign flip is within one query.
+
+    The results must hold the same pipelines (in the same order) and share at least one
+    measure; the pooled table keeps the measures they share. Latency is pooled over every
+    query timed. Runs stay with each collection's own result.
+    """
+    results = list(results)
+    if len(results) < 2:
+        raise ConfigError("Pooling needs the results of at least two collections.")
+    names = list(results[0].table.index)
+    for r in results[1:]:
+        if list(r.table.index) != names:
+            raise ConfigError(
+                f"Cannot pool {results[0].meta['collection']} with {r.meta['collection']}: they hold different "
+                "pipelines. Evaluate the same grid on every collection."
+            )
+    measures = [m for m in results[0].measures if all(m in r.measures for r in results)]
+    if not measures:
+        raise ConfigError(
+            "Cannot pool results that share no measure: evaluate every collection with the same --measures."
+        )
+    per_query = pd.concat(
+        [r.per_query.assign(query_id=r.meta["collection"] + "/" + r.per_query["query_id"]) for r in results],
+        ignore_index=True,
+    )
+    per_query = per_query[per_query["measure"].isin(measures)].reset_index(drop=True)
+    first_stages = {n: f for n, f in results[0].table["first_stage"].items() if isinstance(f, str)}
+    table = aggregate(per_query, names, baseline=results[0].baseline, first_stages=first_stages, measures=measures,
+                      n_resamples=n_resamples, seed=seed)  # fmt: skip
+    timings = pd.concat(
+        [r.timings.assign(query_id=r.meta["collection"] + "/" + r.timings["query_id"]) for r in results],
+        ignore_index=True,
+    )
+    rows = [{k: v for k, v in row.items() if pd.notna(v)} for row in timings.to_dict("records")]
+    meta = dict(results[0].meta)
+    collections = [r.meta["collection"] for r in results]
+    meta.update(
+        collection=" + ".join(collections) + " (pooled)",
+        split=", ".join(sorted({r.meta["split"] for r in results})),
+        is_subset=any(r.meta["is_subset"] for r in results),
+        collection_summary="pooled over " + "; ".join(r.meta["collection_summary"].split("\n")[0] for r in results),
+        n_queries=sum(r.meta["n_queries"] for r in results),
+        n_docs=sum(r.meta["n_docs"] for r in results),
+        measures=measures,
+        pooled=[{"collection": c, "n_queries": r.meta["n_queries"]} for c, r in zip(collections, results)],
+        latency_measured={n: t for r in results for n, t in r.meta.get("latency_measured", {}).items()},
+        reused_result=all(r.meta.get("reused_result") for r in results),
+    )
+    return EvaluationResult(table=table, per_query=per_query, latency=_latency_table(rows), runs={}, meta=meta,
+                            timings=timings)  # fmt: skip
+
+
+def _build_first_stage(
+    collection: BeirCollection, key: tuple[str, str | None], device: str, show_progress: bool
+) -> Any:
+    from ragkit.retrievers import BM25Retriever, build_chroma_index
+
     retriever, embedder = key
     documents = collection.documents()
     if retriever == "bm25":
@@ -510,16 +503,40 @@ def _build_first_stage(collection: BeirCollection, key: tuple[str, str | None], 
     return build_chroma_index(documents, embedder, model_kwargs={"device": device}, show_progress=show_progress)
 
 
-def _first_stage_run(stage: Any, key: tuple[str, str | None], queries: list[str], depth: int,
-                     root: Path | None) -> list[list[tuple[str, float]]]:
-    path = None
-    if root is not None:
-        path = root / "runs" / f"{_digest(key, stage.fingerprint, queries, depth)}.json"
-        if path.is_file():
-            return [[(d, s) for d, s in hits] for hits in json.loads(path.read_text())]
+def _hits_problem(hits: Any, collection: BeirCollection, n_queries: int, depth: int, exact: bool) -> str | None:
+    """What is wrong with a stored first-stage run, or ``None``: it must hold one list per
+    query, each of (known doc id, finite score) pairs, best first, no longer than ``depth``
+    (for a dense index, exactly ``min(depth, documents)``, since vector search always fills it)."""
+    if not isinstance(hits, list) or len(hits) != n_queries:
+        return f"{len(hits) if isinstance(hits, list) else 'no'} hit lists for {n_queries} queries"
+    want = min(depth, len(collection.corpus))
+    for i, ranked in enumerate(hits):
+        if len(ranked) > depth or (exact and len(ranked) != want):
+            return f"query {i} has {len(ranked)} hits, expected {want if exact else f'at most {depth}'}"
+        scores = [s for _, s in ranked]
+        if any(not isinstance(s, (int, float)) or not math.isfinite(s) for s in scores):
+            return f"query {i} has a score that is not a number"
+        if scores != sorted(scores, reverse=True):
+            return f"query {i}'s hits are not in descending order"
+        ids = [d for d, _ in ranked]
+        if len(set(ids)) != len(ids) or not all(d in collection.corpus for d in ids):
+            return f"query {i} has unknown or repeated documents"
+    return None
+
+
+def _first_stage_run(
+    stage: Any, collection: BeirCollection, queries: list[str], depth: int, *, cache: Cache, reuse: bool
+) -> Hits:
+    from ragkit.retrievers import ChromaIndex
+
+    key = digest("runs", FORMATS["runs"], stage.fingerprint, queries, depth)
+    exact = isinstance(stage, ChromaIndex)  # a BM25 run can be shorter: only documents sharing a word
+    if reuse:
+        stored = cache.read("runs", key, check=lambda h: _hits_problem(h, collection, len(queries), depth, exact))
+        if stored is not None:
+            return [[(d, float(s)) for d, s in ranked] for ranked in stored]
     hits = stage.search(queries, depth)
-    if path is not None:
-        _write_atomically(path, json.dumps(hits).encode())
+    cache.write("runs", key, hits)
     return hits
 
 
@@ -527,82 +544,196 @@ def _reranker(p: Pipeline, device: str) -> Any:
     return load_reranker(p.reranker, device, p.reranker_dtype)
 
 
-def _rerank_batched(p: Pipeline, cands: list[list[tuple[str, float]]], collection: BeirCollection,
-                    query_ids: list[str], device: str, batch_size: int, cache: PairScoreCache | None,
-                    show_progress: bool) -> Run:
-    model = _reranker(p, device)
-    model_key = _digest(p.reranker, _model_state(p.reranker), device, model.client.max_seq_length, _SCORING_FORMAT,
-                        p.reranker_dtype)
-    pairs = [(collection.queries[q], collection.text(d)) for q, hits in zip(query_ids, cands) for d, _ in hits]
+def _rerank_batched(
+    p: Pipeline,
+    cands: Hits,
+    collection: BeirCollection,
+    query_ids: list[str],
+    settings: RunSettings,
+    pair_cache: PairScoreCache,
+    scored: dict[str, float],
+    *,
+    reuse: bool,
+    show_progress: bool,
+    timing: dict[str, Any] | None = None,
+) -> Run:
+    """Every query's candidates scored as one pooled stream, longest pairs first, committed to
+    the pair-score cache chunk by chunk so an interrupted run resumes where it stopped.
+    ``scored`` holds the scores this run computed (keyed by model and pair); the on-disk cache
+    is read only with ``reuse``. ``timing`` receives how many pairs were scored now, of how
+    many, in how many seconds (model load excluded)."""
+    from tqdm.auto import tqdm
+
+    model = _reranker(p, settings.device)
+    model_key = digest(
+        p.reranker,
+        model_state(p.reranker),
+        settings.device,
+        model.client.max_seq_length,
+        FORMATS["scoring"],
+        p.reranker_dtype,
+    )
+    # Only the top k are reranked; the deeper candidates (down to p.depth) keep their order.
+    pairs = [(collection.queries[q], collection.text(d)) for q, hits in zip(query_ids, cands) for d, _ in hits[: p.k]]
     keys = [PairScoreCache.pair_key(*pair) for pair in pairs]
-    known = cache.get(model_key, keys) if cache is not None else {}
+    known = pair_cache.get(model_key, keys) if reuse else {}
+    known.update((k, scored[model_key + k]) for k in keys if model_key + k in scored)
     todo = [i for i, k in enumerate(keys) if k not in known]
     if todo:
-        scores = score_pairs(model, [pairs[i] for i in todo], batch_size=batch_size, show_progress=show_progress)
-        fresh = {keys[i]: float(s) for i, s in zip(todo, scores)}
-        if cache is not None:
-            cache.put(model_key, fresh)
-        known.update(fresh)
+        # The same longest-first order score_pairs uses, cut into chunks of whole batches, so
+        # the batches (and so the scores, to the last bit) are those of a single call.
+        lengths = token_lengths(model, [pairs[i] for i in todo])
+        todo = [todo[j] for j in np.argsort(-lengths, kind="stable")]
+        chunk = max(1, SCORE_CHUNK // settings.batch_size) * settings.batch_size
+        start_time = time.perf_counter()
+        with tqdm(total=len(todo), desc="scoring pairs", unit="pair", disable=not show_progress) as bar:
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                logits = score_pairs(model, [pairs[i] for i in part], batch_size=settings.batch_size, raw=True)
+                fresh = {keys[i]: float(s) for i, s in zip(part, logits)}
+                pair_cache.put(model_key, fresh)
+                known.update(fresh)
+                scored.update((model_key + k, v) for k, v in fresh.items())
+                bar.update(len(part))
+        if timing is not None:
+            timing.update(pairs=len(todo), of=len(keys), seconds=time.perf_counter() - start_time)
     run: Run = {}
     flat = iter(keys)
     for q, hits in zip(query_ids, cands):
-        scored = [(d, known[next(flat)]) for d, _ in hits]
-        # A stable sort keeps first-stage order among equal scores, as CrossEncoderReranker does.
-        scored.sort(key=lambda x: -x[1])
-        run[q] = dict(scored[:p.top_n])
+        scored = [(d, known[next(flat)]) for d, _ in hits[: p.k]]
+        run[q] = reranked_run(scored, hits[p.k :], keep=p.top_n if p.truncate else None)
     return run
 
 
-def langchain_retriever(p: Pipeline, stage: Any, device: str = "auto", batch_size: int | None = None) -> Any:
+def ranked_run(ranked: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """A run that keeps the order given: each score is made strictly less than the one above
+    it (equal scores are nudged down by the smallest float step), so every scorer, whatever
+    its tie-breaking, reads this order.
+
+    Example:
+        >>> ranked_run([("a", 0.5), ("b", 0.5), ("c", 0.1)])
+        {'a': 0.5, 'b': 0.49999999999999994, 'c': 0.1}
+    """
+    run: dict[str, float] = {}
+    previous = float("inf")
+    for doc, score in ranked:
+        run[doc] = previous = min(float(score), float(np.nextafter(previous, -np.inf)))
+    return run
+
+
+def reranked_run(
+    reranked: Sequence[tuple[str, float]], rest: Sequence[tuple[str, float]] = (), *, keep: int | None = None
+) -> dict[str, float]:
+    """One query's evaluation run: the ``reranked`` candidates by descending logit (ties keep
+    their first-stage order, as ``CrossEncoderReranker`` does), then the first stage's ``rest``
+    in its order, scored one less per rank below the last logit; only the first ``keep``
+    reranked documents when ``keep`` is given. Scores strictly decrease (:func:`ranked_run`).
+
+    Example:
+        >>> reranked_run([("a", 0.5), ("b", 2.0), ("c", 2.0)], [("d", 0.9)])
+        {'b': 2.0, 'c': 1.9999999999999998, 'a': 0.5, 'd': -0.5}
+    """
+    ordered = sorted(reranked, key=lambda x: -x[1])
+    if keep is not None:
+        ordered, rest = ordered[:keep], ()
+    run = ranked_run(ordered)
+    floor = min(run.values(), default=0.0)
+    for rank, (doc, _) in enumerate((d for d in rest if d[0] not in run), start=1):
+        run[doc] = floor - rank
+    return run
+
+
+def langchain_retriever(
+    p: Pipeline, stage: Any, device: str = "auto", batch_size: int | None = None, *, raw_scores: bool = False
+) -> Any:
     """The LangChain retriever a pipeline stands for: the first stage's ``as_retriever(k)``,
-    wrapped in a ``ContextualCompressionRetriever`` with ragkit's score-keeping reranker."""
+    wrapped in a ``ContextualCompressionRetriever`` with ragkit's score-keeping reranker that
+    returns ``top_n`` documents (with logits as ``relevance_score`` when ``raw_scores``)."""
     from ragkit.rerank import reranking_retriever
 
     base = stage.as_retriever(k=p.k)
     if not p.reranker:
         return base
-    return reranking_retriever(base, _reranker(p, resolve_device(device)), top_n=p.top_n, batch_size=batch_size)
+    model = _reranker(p, resolve_device(device))
+    return reranking_retriever(base, model, top_n=p.top_n, batch_size=batch_size, raw_scores=raw_scores)
 
 
-def _langchain_run(p: Pipeline, stage: Any, collection: BeirCollection, query_ids: list[str], device: str,
-                   batch_size: int) -> Run:
-    retriever = langchain_retriever(p, stage, device, batch_size)
-    score_key = "relevance_score" if p.reranker else "score"
+def _langchain_run(
+    p: Pipeline, stage: Any, collection: BeirCollection, query_ids: list[str], settings: RunSettings
+) -> Run:
+    if not p.reranker:
+        retriever = stage.as_retriever(k=p.k)
+        return {q: ranked_run([(d.metadata["doc_id"], float(d.metadata["score"]))
+                               for d in retriever.invoke(collection.queries[q])]) for q in query_ids}  # fmt: skip
+    # The compressor returns every reranked candidate (top_n=k) unless the run is truncated;
+    # the first stage's deeper candidates come from a second, deeper retriever.
+    evaluated = p if p.truncate else replace(p, top_n=p.k)
+    retriever = langchain_retriever(evaluated, stage, settings.device, settings.batch_size, raw_scores=True)
+    deeper = stage.as_retriever(k=p.depth) if p.depth > p.k else None
     run: Run = {}
     for q in query_ids:
         docs = retriever.invoke(collection.queries[q])
-        run[q] = {d.metadata["doc_id"]: float(d.metadata[score_key]) for d in docs}
+        reranked = [(d.metadata["doc_id"], float(d.metadata["relevance_score"])) for d in docs]
+        rest = [(d.metadata["doc_id"], 0.0) for d in deeper.invoke(collection.queries[q])] if deeper else []
+        run[q] = reranked_run(reranked, rest)
     return run
 
 
-def _pipeline_latency(p: Pipeline, stage: Any, collection: BeirCollection, query_ids: list[str], device: str,
-                      batch_size: int, root: Path | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+# ----------------------------------------------------------------------------- latency
+
+
+def _pipeline_latency(
+    p: Pipeline,
+    stage: Any,
+    collection: BeirCollection,
+    query_ids: list[str],
+    settings: RunSettings,
+    *,
+    cache: Cache,
+    reuse: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-query stage timings, and when they were measured (``{"measured": date, "reused": bool}``).
 
-    With a cache ``root``, timings of the same pipeline, queries and index on the same
-    hardware, thread count and library versions are reused: re-measuring them would only add
-    noise, and it is most of what re-running a grid that shares pipelines would cost."""
-    path = None
-    if root is not None:
-        # top_n only cuts the scored list, so pipelines that differ in it cost the same to serve.
-        key = _digest({**asdict(p), "top_n": None}, stage.fingerprint, [(q, collection.queries[q]) for q in query_ids],
-                      _machine_state(device), batch_size, _model_state(p.reranker) if p.reranker else None,
-                      _SCORING_FORMAT)
-        path = root / "latency" / f"{key}.json"
-        if path.is_file():
-            saved = json.loads(path.read_text())
-            return saved["rows"], {"measured": saved["measured"], "reused": True}
-    rows = _time_pipeline(p, stage, collection, query_ids, device, batch_size)
-    measured = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    if path is not None:
-        _write_atomically(path, json.dumps({"rows": rows, "measured": measured}).encode())
+    Timings of the same pipeline, queries and index on the same hardware, thread count and
+    library versions are reused: re-measuring them would only add noise, and it is most of
+    what re-running a grid that shares pipelines would cost."""
+    # top_n only cuts the scored list, so pipelines that differ in it cost the same to serve.
+    key = digest(
+        "latency",
+        FORMATS["latency"],
+        {**asdict(p), "top_n": None},
+        stage.fingerprint,
+        [(q, collection.queries[q]) for q in query_ids],
+        machine_state(settings.device),
+        settings.batch_size,
+        model_state(p.reranker) if p.reranker else None,
+        FORMATS["scoring"],
+    )
+    if reuse:
+        saved = cache.read("latency", key, check=lambda s: _latency_problem(s, query_ids))
+        if saved is not None:
+            rows = [{**row, "pipeline": p.name} for row in saved["rows"]]
+            return rows, {"measured": saved["measured"], "reused": True}
+    rows = _time_pipeline(p, stage, collection, query_ids, settings)
+    measured = now()
+    cache.write("latency", key, {"rows": rows, "measured": measured})
     return rows, {"measured": measured, "reused": False}
 
 
-def _time_pipeline(p: Pipeline, stage: Any, collection: BeirCollection, query_ids: list[str], device: str,
-                   batch_size: int) -> list[dict[str, Any]]:
+def _latency_problem(saved: Any, query_ids: list[str]) -> str | None:
+    rows = saved["rows"]
+    if [row["query_id"] for row in rows] != query_ids:
+        return "it times other queries"
+    if any(not isinstance(row["total"], float) or not row["total"] >= 0 for row in rows):
+        return "a timing is not a duration"
+    return None
+
+
+def _time_pipeline(
+    p: Pipeline, stage: Any, collection: BeirCollection, query_ids: list[str], settings: RunSettings
+) -> list[dict[str, Any]]:
     """Serve queries one at a time, uncached, and time each stage, as a user's app would."""
-    model = _reranker(p, device) if p.reranker else None
+    model = _reranker(p, settings.device) if p.reranker else None
     rows = []
     for q in query_ids:
         text = collection.queries[q]
@@ -618,96 +749,45 @@ def _time_pipeline(p: Pipeline, stage: Any, collection: BeirCollection, query_id
             row["bm25 search"] = time.perf_counter() - t0
         if model is not None:
             t2 = time.perf_counter()
-            score_pairs(model, [(text, collection.text(d)) for d, _ in hits], batch_size=batch_size)
+            score_pairs(model, [(text, collection.text(d)) for d, _ in hits], batch_size=settings.batch_size)
             row["rerank"] = time.perf_counter() - t2
         row["total"] = time.perf_counter() - t0
         rows.append(row)
     return rows
 
 
+_STAGES = ("embed query", "vector search", "bm25 search", "rerank", "total")  # in the order a query meets them
+_LATENCY_COLUMNS = ["pipeline", "stage", "p50_ms", "p50_ci_low", "p50_ci_high", "p95_ms", "p95_ci_low", "p95_ci_high",
+                    "queries"]  # fmt: skip
+
+
 def _latency_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per pipeline and stage, the median and 95th percentile of the milliseconds per query,
+    each with its 95% bootstrap confidence interval, over the queries timed."""
     if not rows:
-        return pd.DataFrame(columns=["pipeline", "stage", "p50_ms", "p95_ms", "queries"])
+        return pd.DataFrame(columns=_LATENCY_COLUMNS)
     # One pipeline's stages stay together, in the order a query passes through them.
     df = pd.DataFrame(rows)
-    stages = [c for c in ("embed query", "vector search", "bm25 search", "rerank", "total") if c in df]
+    stages = [c for c in _STAGES if c in df]
     df = df.melt(id_vars=["pipeline", "query_id"], value_vars=stages, var_name="stage", value_name="seconds").dropna()
     df["order"] = df["pipeline"].map({n: i for i, n in enumerate(dict.fromkeys(r["pipeline"] for r in rows))})
     df["stage_order"] = df["stage"].map({s: i for i, s in enumerate(stages)})
     df = df.sort_values(["order", "stage_order"], kind="stable")
-    out = df.groupby(["order", "pipeline", "stage_order", "stage"], sort=True)["seconds"].agg(
-        p50_ms=lambda s: 1000 * float(np.percentile(s, 50)),
-        p95_ms=lambda s: 1000 * float(np.percentile(s, 95)),
-        queries="count",
-    )
-    return out.reset_index().drop(columns=["order", "stage_order"])
+    out = []
+    for (_, pipeline, _, stage), seconds in df.groupby(["order", "pipeline", "stage_order", "stage"], sort=True):
+        ms = 1000 * seconds["seconds"].to_numpy()
+        row: dict[str, Any] = {"pipeline": pipeline, "stage": stage}
+        for q in (50, 95):
+            row[f"p{q}_ms"] = float(np.percentile(ms, q))
+            row[f"p{q}_ci_low"], row[f"p{q}_ci_high"] = percentile_ci(ms, q)
+        row["queries"] = len(ms)
+        out.append(row)
+    return pd.DataFrame(out, columns=_LATENCY_COLUMNS)
 
 
-def _aggregate(per_query: pd.DataFrame, names: list[str], base_index: int, measures: list[str], n_resamples: int,
-               seed: int) -> pd.DataFrame:
-    wide = per_query.pivot_table(index=["measure", "query_id"], columns="pipeline", values="value")
-    base_name = names[base_index]
-    rows: dict[str, dict[str, Any]] = {n: {"baseline": n == base_name} for n in names}
-    for m in measures:
-        scores = wide.loc[m]
-        for n in names:
-            rows[n][m] = float(scores[n].mean())
-            lo, hi = mean_ci(scores[n].to_numpy(), n_resamples=n_resamples, seed=seed)
-            rows[n][f"{m} mean_ci_low"], rows[n][f"{m} mean_ci_high"] = lo, hi
-        others = [n for n in names if n != base_name]
-        results = {n: paired_comparison(scores[base_name].to_numpy(), scores[n].to_numpy(),
-                                        n_resamples=n_resamples, seed=seed) for n in others}
-        # Holm controls the family-wise error over the pipelines compared with one baseline.
-        adjusted_t = holm([results[n]["p_ttest"] for n in others]) if others else []
-        adjusted_p = holm([results[n]["p_perm"] for n in others]) if others else []
-        for n, at, ap in zip(others, adjusted_t, adjusted_p):
-            r = results[n]
-            rows[n].update({f"{m} {k}": v for k, v in r.items()})
-            rows[n][f"{m} p_ttest_holm"], rows[n][f"{m} p_perm_holm"] = at, ap
-            rows[n][f"{m} significant"] = ap < SIGNIFICANCE_LEVEL and at < SIGNIFICANCE_LEVEL
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "pipeline"
-    # The baseline has no counts against itself; nullable integers keep the others whole.
-    counts = [c for c in table.columns if c.split(" ")[-1] in ("wins", "ties", "losses")]
-    table[counts] = table[counts].astype("Int64")
-    return table
+def _meta(collection: BeirCollection, pipelines: list[Pipeline], settings: RunSettings) -> dict[str, Any]:
+    from ragkit.models import model_revision
 
-
-def device_description(device: str) -> str:
-    """What a device is, for reports: the GPU's name, or the CPU model and its core count.
-
-    Example:
-        >>> "core" in device_description("cpu")
-        True
-    """
-    import os
-
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores"
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries that decide what a measurement means, for reports.
-
-    Example:
-        >>> sorted(versions())[:3]
-        ['ir-measures', 'python', 'ragkit']
-    """
-    # Installed metadata, not the modules: importing sentence-transformers takes seconds.
-    names = ["ragkit", "torch", "transformers", "sentence-transformers", "ir-measures"]
-    return {**{n: importlib.metadata.version(n) for n in names}, "python": platform.python_version()}
-
-
-def _meta(collection: BeirCollection, pipelines: list[Pipeline], baseline: str, measures: list[str], device: str,
-          engine: str, batch_size: int) -> dict[str, Any]:
     models = sorted({m for p in pipelines for m in (p.embedder, p.reranker) if m})
     return {
         "collection": collection.name,
@@ -717,17 +797,26 @@ def _meta(collection: BeirCollection, pipelines: list[Pipeline], baseline: str, 
         "n_queries": len(collection.queries),
         "n_docs": len(collection.corpus),
         "pipelines": [{"name": p.name, **asdict(p)} for p in pipelines],
-        "baseline": baseline,
-        "measures": measures,
-        "device": device,
-        "device_name": device_description(device),
-        "engine": engine,
-        "batch_size": batch_size,
+        "baseline": pipelines[settings.baseline].name,
+        "measures": list(settings.measures),
+        "device": settings.device,
+        "device_name": device_description(settings.device),
+        "engine": settings.engine,
+        "batch_size": settings.batch_size,
         "model_revisions": {m: model_revision(m) for m in models},
         "versions": versions(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": now(),
     }
 
 
-__all__ = ["Experiment", "PairScoreCache", "Pipeline", "experiment", "grid", "holm", "langchain_retriever",
-           "mean_ci", "paired_comparison", "parse_measures", "per_query_scores", "versions"]
+__all__ = [
+    "Pipeline",
+    "RunSettings",
+    "experiment",
+    "grid",
+    "langchain_retriever",
+    "pool",
+    "ranked_run",
+    "reranked_run",
+    "skipped_combinations",
+]

@@ -1,145 +1,26 @@
-"""Tables, plots, Markdown and files written from an experiment's results.
+"""The report folder: a result's files (``EvaluationResult.write_files``) and its plots.
 
-Example:
-    >>> from ragkit.report import write_report
-    >>> folder = write_report(result, "results/scifact")  # doctest: +SKIP
+Plots are drawn with matplotlib from an :class:`~ragkit.results.EvaluationResult`, which is
+all this module reads.
+
+Example::
+
+    from ragkit.report import write_report
+    folder = write_report(result, "results/scifact")   # summary.md, CSV, JSON, runs/, plots
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from ragkit.errors import RagkitError
+from ragkit.cache import atomic_folder, check_writable
+from ragkit.results import EvaluationResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from ragkit.evaluate import Experiment
-
-SUBSET_WARNING = ("ragkit subset, not the official split: these scores are not comparable with "
-                  "full-split (published) scores.")
-
-
-def slug(name: str) -> str:
-    """A file-name-safe version of a pipeline name.
-
-    Example:
-        >>> slug("dense(all-MiniLM-L6-v2) >> ms-marco-MiniLM-L-12-v2(k=20, top_n=20)")
-        'dense_all-MiniLM-L6-v2_ms-marco-MiniLM-L-12-v2_k20_top_n20'
-    """
-    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.\-]+", "_", name.replace("=", ""))).strip("_")
-
-
-def check_writable(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and prove a file can be written there, before any long work.
-
-    Raises a ``RagkitError`` naming the folder and the reason otherwise.
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ragkit-probe-"):
-            pass
-    except OSError as exc:
-        raise RagkitError(f"Cannot write the report to {folder}: {exc.strerror or exc}. "
-                          "Choose another folder with --output, or fix its permissions.") from exc
-    return folder
-
-
-def format_table(exp: Experiment, measures: list[str] | None = None) -> str:
-    """A plain-text table, one line per pipeline and measure: the score and, against the
-    baseline, its delta (``*`` when significant), the delta's 95% CI, the Holm-corrected
-    randomization p-value and wins/ties/losses over queries."""
-    measures = measures or exp.meta["measures"]
-    rows = []
-    for name, row in exp.table.iterrows():
-        for m in measures:
-            cells = {"pipeline": name + (" (baseline)" if row["baseline"] else ""), "measure": m,
-                     "score": f"{row[m]:.4f}", "delta": "", "95% CI": "", "p (Holm)": "", "W/T/L": ""}
-            if not row["baseline"]:
-                cells.update({
-                    "delta": f"{row[f'{m} delta']:+.4f}" + ("*" if row[f"{m} significant"] else ""),
-                    "95% CI": f"[{row[f'{m} ci_low']:+.3f}, {row[f'{m} ci_high']:+.3f}]",
-                    "p (Holm)": f"{row[f'{m} p_perm_holm']:.3g}",
-                    "W/T/L": f"{row[f'{m} wins']}/{row[f'{m} ties']}/{row[f'{m} losses']}",
-                })
-            rows.append(cells)
-    return pd.DataFrame(rows).to_string(index=False)
-
-
-def _markdown_table(df: pd.DataFrame) -> str:
-    header = "| " + " | ".join(map(str, df.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(map(str, r)) + " |" for r in df.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
-def markdown_summary(exp: Experiment) -> str:
-    """The report's ``summary.md``: what was measured, on what, the table and the latency."""
-    meta = exp.meta
-    lines = [f"# ragkit evaluation: {meta['collection']} ({meta['split']})", ""]
-    if meta["is_subset"]:
-        lines += [f"> **{SUBSET_WARNING}**", ""]
-    if meta.get("reused_result"):
-        lines += [f"> Reused from ragkit's cache: the result of an identical run on {meta['date']} (same data, "
-                  "pipelines, models, settings, device and versions). `ragkit eval --no-cache` recomputes it.", ""]
-    lines += [f"- collection: {meta['collection_summary']}",
-              f"- queries: {meta['n_queries']}, documents: {meta['n_docs']}",
-              f"- baseline: `{meta['baseline']}`; device: {meta['device']} ({meta['device_name']}); date: {meta['date']}",
-              "- models: " + ", ".join(f"`{m}` (revision `{r}`)" for m, r in meta["model_revisions"].items()),
-              "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""]
-    rows = []
-    for name, row in exp.table.iterrows():
-        cells = [f"`{name}`" + (" (baseline)" if row["baseline"] else "")]
-        for m in meta["measures"]:
-            if row["baseline"]:
-                cells.append(f"{row[m]:.4f}")
-            else:
-                star = " *" if row[f"{m} significant"] else ""
-                cells.append(f"{row[m]:.4f} ({row[f'{m} delta']:+.4f}{star}; "
-                             f"CI [{row[f'{m} ci_low']:+.3f}, {row[f'{m} ci_high']:+.3f}]; "
-                             f"p {row[f'{m} p_perm_holm']:.3g}; "
-                             f"{row[f'{m} wins']}/{row[f'{m} ties']}/{row[f'{m} losses']})")
-        rows.append(cells)
-    lines += ["## Quality", "", _markdown_table(pd.DataFrame(rows, columns=["pipeline", *meta["measures"]])), "",
-              "Each cell: mean over queries (delta against the baseline; 95% bootstrap CI of the delta; "
-              "Holm-corrected paired randomization p-value; wins/ties/losses over queries). "
-              "`*`: significant at 0.05 by both the paired t-test and the randomization test, after Holm's correction.", ""]
-    if any(p["reranker"] and p["top_n"] < 100 for p in meta["pipelines"]):
-        lines += ["A reranked pipeline returns its `top_n` documents only, so its R@100 cannot exceed the "
-                  "first stage's recall at `k`.", ""]
-    if len(exp.latency):
-        lat = exp.latency.copy()
-        lat["p50_ms"] = lat["p50_ms"].map("{:.1f}".format)
-        lat["p95_ms"] = lat["p95_ms"].map("{:.1f}".format)
-        taken = meta.get("latency_measured", {}).values()
-        reused = any(t["reused"] for t in taken)
-        when = "measured " + ", ".join(sorted({t["measured"] for t in taken})) if taken else "measured during this run"
-        lines += ["## Latency per query", "", _markdown_table(lat), "",
-                  f"Queries served one at a time, uncached, on the device above; {when}"
-                  + (" (an earlier run's timings of the same pipelines on this machine and software, reused from "
-                     "the cache; `ragkit eval --no-cache` re-measures them)." if reused else "."), ""]
-    lines += ["## Plots", "", "![nDCG@10 per pipeline](quality.png)", "", "![quality against latency](quality_vs_latency.png)",
-              "", "![per-query deltas](delta_histogram.png)", ""]
-    return "\n".join(lines)
-
-
-def trec_run(run: dict[str, dict[str, float]], tag: str) -> str:
-    """A run in TREC format: ``qid Q0 docid rank score tag``, ranks from 1 by descending score."""
-    lines = []
-    for qid in sorted(run):
-        ranked = sorted(run[qid].items(), key=lambda x: -x[1])
-        lines += [f"{qid} Q0 {doc} {rank} {score:.6f} {tag}" for rank, (doc, score) in enumerate(ranked, start=1)]
-    return "\n".join(lines) + "\n"
 
 
 def _label(name: str) -> str:
@@ -147,70 +28,139 @@ def _label(name: str) -> str:
     return name.replace(" >> ", "\n>> ")
 
 
-def quality_plot(exp: Experiment, measure: str | None = None) -> Figure:
-    """Each pipeline's mean score with its 95% bootstrap CI, the baseline highlighted."""
+def colours(result: EvaluationResult) -> dict[str, str]:
+    """One colour per pipeline, the same in every plot of a report (the table's order)."""
+    palette = [f"C{i}" for i in range(10)]
+    return {name: palette[i % len(palette)] for i, name in enumerate(result.table.index)}
+
+
+def forest_plot(result: EvaluationResult, measure: str | None = None) -> Figure:
+    """Each comparison's paired delta with its 95% CI: against the baseline (filled) and, for
+    reranked pipelines, against their own first stage (hollow). A CI that crosses the zero line
+    is a difference these queries cannot tell from none."""
     import matplotlib.pyplot as plt
 
-    m = measure or exp.meta["measures"][0]
-    t = exp.table
-    fig, ax = plt.subplots(figsize=(8, 0.8 * len(t) + 1.5))
-    y = np.arange(len(t))[::-1]
-    err = np.vstack([t[m] - t[f"{m} mean_ci_low"], t[f"{m} mean_ci_high"] - t[m]])
-    colors = ["tab:gray" if b else "tab:blue" for b in t["baseline"]]
-    ax.barh(y, t[m], xerr=err, color=colors, capsize=4)
-    ax.set_yticks(y, [_label(n) for n in t.index], fontsize=8)
-    ax.set_xlabel(f"{m} (mean over queries, 95% CI; grey: baseline)")
-    ax.set_title(f"{exp.meta['collection']}" + ("\n(ragkit subset, not the official split)" if exp.meta["is_subset"] else ""),
-                 fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def latency_plot(exp: Experiment, measure: str | None = None) -> Figure:
-    """Quality against median milliseconds per query: what each point of quality costs."""
-    import matplotlib.pyplot as plt
-
-    m = measure or exp.meta["measures"][0]
-    total = exp.latency[exp.latency["stage"] == "total"].set_index("pipeline")
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, row in exp.table.iterrows():
-        if name in total.index:
-            ax.scatter(total.loc[name, "p50_ms"], row[m], s=60, label=_label(name))
-    ax.set_xscale("log")
-    if ax.collections:  # no points when the experiment timed no queries (latency_queries=0)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    ax.set_xlabel(f"ms per query, p50 ({exp.meta['device']})")
-    ax.set_ylabel(m)
-    ax.set_title(f"{m} against latency")
-    fig.tight_layout()
-    return fig
-
-
-def delta_histogram(exp: Experiment, measure: str | None = None) -> Figure:
-    """Per-query change against the baseline: how many queries a pipeline helps and hurts."""
-    import matplotlib.pyplot as plt
-
-    m = measure or exp.meta["measures"][0]
-    wide = exp.per_query[exp.per_query["measure"] == m].pivot(index="query_id", columns="pipeline", values="value")
-    base = exp.meta["baseline"]
-    others = [n for n in exp.table.index if n != base]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    bins = np.linspace(-1, 1, 41)
-    for n in others:
-        ax.hist(wide[n] - wide[base], bins=bins, alpha=0.6, label=_label(n))
+    m = measure or result.measures[0]
+    t, colour = result.table, colours(result)
+    rows = [(n, "", m) for n in t.index if not t.loc[n, "baseline"]]
+    rows += [(n, " own", m) for n in t.index if isinstance(t.loc[n, "first_stage"], str)]
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.8))
+    for y, (name, own, _) in enumerate(reversed(rows)):
+        row = t.loc[name]
+        delta, low, high = row[f"{m}{own} delta"], row[f"{m}{own} ci_low"], row[f"{m}{own} ci_high"]
+        bounded = np.isfinite(low) and np.isfinite(high)
+        err = [[delta - low], [high - delta]] if bounded else None
+        face = "white" if own else colour[name]
+        ax.errorbar(delta, y, xerr=err, fmt="o", color=colour[name], mfc=face, capsize=4, ms=7)
+        if not bounded:
+            ax.annotate("CI unbounded: too few queries", (delta, y), textcoords="offset points", xytext=(8, 4),
+                        fontsize=7)  # fmt: skip
+    labels = [f"{_label(n)}\n" + (f"vs its first stage, {row}" if own else f"vs {result.baseline}")
+              for n, own, _ in reversed(rows) for row in [t.loc[n, "first_stage"]]]  # fmt: skip
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel(f"per-query {m} minus baseline")
-    ax.set_ylabel("queries")
-    ax.set_title(f"Per-query {m} change against the baseline, {base}", fontsize=10)
-    if others:
-        ax.legend(fontsize=7, loc="upper left")
+    ax.set_xlabel(f"{m} delta, paired over {result.meta['n_queries']} queries (95% CI)")
+    subset = " (ragkit subset, not the official split)" if result.meta["is_subset"] else ""
+    ax.set_title(f"{result.meta['collection']}{subset}: what each pipeline changes", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def write_report(exp: Experiment, folder: str | Path) -> Path:
-    """Write ``results.csv``, ``results.json``, ``per_query.csv``, ``latency.csv``, TREC run
-    files under ``runs/``, ``summary.md`` and three PNG plots into ``folder``.
+def per_query_plot(result: EvaluationResult, measure: str | None = None) -> Figure:
+    """Every query's change against the baseline, one dot per query and pipeline: how many
+    queries a pipeline helps, hurts or leaves as they were (ties sit on the zero line, counted)."""
+    import matplotlib.pyplot as plt
+
+    m = measure or result.measures[0]
+    deltas, colour = result.per_query_deltas(m), colours(result)
+    fig, ax = plt.subplots(figsize=(8, 0.6 * max(len(deltas.columns), 1) + 1.8))
+    rng = np.random.default_rng(0)  # jitter only spreads the dots; it is the same on every run
+    for y, name in enumerate(reversed(deltas.columns)):
+        values = deltas[name].to_numpy()
+        ax.scatter(values, y + rng.uniform(-0.18, 0.18, len(values)), s=14, alpha=0.7, color=colour[name])
+        ties = int(np.sum(values == 0))
+        ax.annotate(f"{int(np.sum(values > 0))} up, {ties} unchanged, {int(np.sum(values < 0))} down", (1.02, y),
+                    xycoords=("axes fraction", "data"), fontsize=7, va="center")  # fmt: skip
+    ax.set_yticks(range(len(deltas.columns)), [_label(n) for n in reversed(deltas.columns)], fontsize=7)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"per-query {m} minus {result.baseline}")
+    ax.set_title(f"Per-query {m} change against the baseline", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """The names whose (cost, quality) no other point beats on both, cheapest first.
+
+    Example:
+        >>> pareto_front({"a": (10, 0.60), "b": (1000, 0.70), "c": (2000, 0.65), "d": (5, 0.50)})
+        ['d', 'a', 'b']
+    """
+    front, best = [], -np.inf
+    for name, (_, quality) in sorted(points.items(), key=lambda item: (item[1][0], -item[1][1])):
+        if quality > best:
+            front.append(name)
+            best = quality
+    return front
+
+
+def frontier_plot(result: EvaluationResult, measure: str | None = None) -> Figure:
+    """What each point of quality costs: every pipeline's delta against the baseline (95% CI)
+    against its milliseconds per query (median, 95% CI), labelled in place, with the pipelines
+    no other is both faster and better than joined (the Pareto frontier)."""
+    import matplotlib.pyplot as plt
+
+    m = measure or result.measures[0]
+    t, colour = result.table, colours(result)
+    total = result.latency[result.latency["stage"] == "total"].set_index("pipeline")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    points = {}
+    for name, row in t.iterrows():
+        if name not in total.index:
+            continue
+        ms = total.loc[name]
+        delta = 0.0 if row["baseline"] else row[f"{m} delta"]
+        points[name] = (float(ms["p50_ms"]), float(delta))
+        yerr = None
+        if not row["baseline"] and np.isfinite(row[f"{m} ci_low"]) and np.isfinite(row[f"{m} ci_high"]):
+            yerr = [[delta - row[f"{m} ci_low"]], [row[f"{m} ci_high"] - delta]]
+        xerr = None
+        if "p50_ci_low" in ms:
+            xerr = [[ms["p50_ms"] - ms["p50_ci_low"]], [ms["p50_ci_high"] - ms["p50_ms"]]]
+        ax.errorbar(ms["p50_ms"], delta, xerr=xerr, yerr=yerr, fmt="o", color=colour[name], capsize=3, ms=7)
+        ax.annotate(_label(name), (ms["p50_ms"], delta), textcoords="offset points", xytext=(6, 6), fontsize=7,
+                    color=colour[name])  # fmt: skip
+    if points:
+        front = pareto_front(points)
+        ax.plot([points[n][0] for n in front], [points[n][1] for n in front], "--", color="grey", lw=1,
+                label="Pareto frontier: no pipeline is both faster and better")  # fmt: skip
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_xscale("log")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"ms per query, median of queries served one at a time (95% CI), {result.meta['device']}")
+    ax.set_ylabel(f"{m} delta against {result.baseline} (95% CI)", fontsize=8)
+    ax.set_title(f"{m} against latency", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# The report's plots: file name, caption, and the function that draws it.
+PLOTS = (
+    ("deltas.png", "what each pipeline changes, with 95% CIs", forest_plot),
+    ("per_query.png", "every query's change against the baseline", per_query_plot),
+    ("frontier.png", "quality against latency, with the Pareto frontier", frontier_plot),
+)
+
+
+def markdown_summary(result: EvaluationResult) -> str:
+    """The report's ``summary.md``: the result in Markdown, with the plots beside it."""
+    return result.to_markdown(plots=[(file, caption) for file, caption, _ in PLOTS])
+
+
+def write_report(result: EvaluationResult, folder: str | Path) -> Path:
+    """Write the result's files (``results.csv``, ``results.json``, ``per_query.csv``,
+    ``latency.csv``, TREC runs under ``runs/``, ``summary.md``) and the three plots of
+    ``PLOTS`` into ``folder``.
 
     Files are written to a temporary folder first and moved into place, so an interrupted
     write never leaves a half-written report that looks complete.
@@ -221,27 +171,10 @@ def write_report(exp: Experiment, folder: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     folder = check_writable(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=".ragkit-report-", dir=folder))
-    try:
-        exp.table.to_csv(tmp / "results.csv")
-        exp.per_query.to_csv(tmp / "per_query.csv", index=False)
-        exp.latency.to_csv(tmp / "latency.csv", index=False)
-        payload: dict[str, Any] = {"meta": exp.meta, "table": json.loads(exp.table.to_json(orient="index")),
-                                   "latency": json.loads(exp.latency.to_json(orient="records"))}
-        (tmp / "results.json").write_text(json.dumps(payload, indent=2))
-        (tmp / "runs").mkdir()
-        for name, run in exp.runs.items():
-            (tmp / "runs" / f"{slug(name)}.trec").write_text(trec_run(run, slug(name)))
-        (tmp / "summary.md").write_text(markdown_summary(exp))
-        for file, plot in [("quality.png", quality_plot), ("quality_vs_latency.png", latency_plot),
-                           ("delta_histogram.png", delta_histogram)]:
-            fig = plot(exp)
+    with atomic_folder(folder) as tmp:
+        result.write_files(tmp, plots=[(file, caption) for file, caption, _ in PLOTS])
+        for file, _, plot in PLOTS:
+            fig = plot(result)
             fig.savefig(tmp / file, dpi=110, bbox_inches="tight")
             plt.close(fig)
-        if (folder / "runs").exists():
-            shutil.rmtree(folder / "runs")
-        for item in tmp.iterdir():
-            os.replace(item, folder / item.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder

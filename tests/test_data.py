@@ -316,7 +316,9 @@ def test_missing_file_is_named(tmp_path):
 
 def test_missing_split_lists_the_available_ones(tmp_path):
     folder = write_collection(tmp_path / "small")
-    with pytest.raises(DataError, match=r"no judgements for split 'dev'.*available splits: test, train.*split=") as error:
+    with pytest.raises(
+        DataError, match=r"no judgements for split 'dev'.*available splits: test, train.*split="
+    ) as error:
         load_beir(folder, "dev")
     assert str(folder / "qrels" / "dev.tsv") in str(error.value)
 
@@ -324,22 +326,70 @@ def test_missing_split_lists_the_available_ones(tmp_path):
 @pytest.mark.parametrize(
     ("file", "content", "pattern"),
     [
-        ("corpus", jsonl(CORPUS[:2]) + '{"_id": "d3", "text": "unterminated\n', r"corpus\.jsonl, line 3: not valid JSON.*Expected one JSON object per line"),
-        ("corpus", jsonl(CORPUS[:1]) + '["d2", "a list"]\n' + jsonl(CORPUS[2:]), r"corpus\.jsonl, line 2: a JSON list, not an object"),
-        ("corpus", jsonl([CORPUS[0], {"title": "t", "text": "no id"}, CORPUS[2]]), r"corpus\.jsonl, line 2: no \"_id\" field.*unique"),
-        ("corpus", jsonl([CORPUS[0], {"_id": "d2", "title": "no text"}, CORPUS[2]]), r"corpus\.jsonl, line 2: \"text\" must be a string; found no such field"),
-        ("corpus", jsonl([CORPUS[0], {"_id": "d2", "text": 42}, CORPUS[2]]), r"corpus\.jsonl, line 2: \"text\" must be a string; found int 42"),
+        (
+            "corpus",
+            jsonl(CORPUS[:2]) + '{"_id": "d3", "text": "unterminated\n',
+            r"corpus\.jsonl, line 3: not valid JSON.*Expected one JSON object per line",
+        ),
+        (
+            "corpus",
+            jsonl(CORPUS[:1]) + '["d2", "a list"]\n' + jsonl(CORPUS[2:]),
+            r"corpus\.jsonl, line 2: a JSON list, not an object",
+        ),
+        (
+            "corpus",
+            jsonl([CORPUS[0], {"title": "t", "text": "no id"}, CORPUS[2]]),
+            r"corpus\.jsonl, line 2: no \"_id\" field.*unique",
+        ),
+        (
+            "corpus",
+            jsonl([CORPUS[0], {"_id": "d2", "title": "no text"}, CORPUS[2]]),
+            r"corpus\.jsonl, line 2: \"text\" must be a string; found no such field",
+        ),
+        (
+            "corpus",
+            jsonl([CORPUS[0], {"_id": "d2", "text": 42}, CORPUS[2]]),
+            r"corpus\.jsonl, line 2: \"text\" must be a string; found int 42",
+        ),
         ("corpus", jsonl([CORPUS[0], {"_id": "", "text": "x"}, CORPUS[2]]), r"corpus\.jsonl, line 2: \"_id\" is ''"),
-        ("corpus", jsonl([*CORPUS, CORPUS[1]]), r"corpus\.jsonl, line 4: duplicate \"_id\" 'd2', already used on line 2"),
-        ("queries", jsonl([*QUERIES[:2], {"_id": "q1", "text": "again"}]), r"queries\.jsonl, line 3: duplicate \"_id\" 'q1', already used on line 1"),
+        (
+            "corpus",
+            jsonl([*CORPUS, CORPUS[1]]),
+            r"corpus\.jsonl, line 4: duplicate \"_id\" 'd2', already used on line 2",
+        ),
+        (
+            "queries",
+            jsonl([*QUERIES[:2], {"_id": "q1", "text": "again"}]),
+            r"queries\.jsonl, line 3: duplicate \"_id\" 'q1', already used on line 1",
+        ),
         ("queries", jsonl([QUERIES[0], {"_id": "q2"}]), r"queries\.jsonl, line 2: \"text\" must be a string"),
-        ("qrels", qrels_tsv([("q1", "d1", 2), ("q2", "d3", "high")]), r"test\.tsv, line 3: score 'high' is not an integer.*0, 1 or 2"),
-        ("qrels", qrels_tsv([("q1", "d1", 2), ("q2", "d3", "1.5")]), r"test\.tsv, line 3: score '1\.5' is not an integer"),
-        ("qrels", qrels_tsv([("q1", "d1", 2), ("q2", "d3", 1, "extra")]), r"test\.tsv, line 3: 4 tab-separated column\(s\).*expected 3"),
+        (
+            "qrels",
+            qrels_tsv([("q1", "d1", 2), ("q2", "d3", "high")]),
+            r"test\.tsv, line 3: score 'high' is not an integer.*0, 1 or 2",
+        ),
+        (
+            "qrels",
+            qrels_tsv([("q1", "d1", 2), ("q2", "d3", "1.5")]),
+            r"test\.tsv, line 3: score '1\.5' is not an integer",
+        ),
+        (
+            "qrels",
+            qrels_tsv([("q1", "d1", 2), ("q2", "d3", 1, "extra")]),
+            r"test\.tsv, line 3: 4 tab-separated column\(s\).*expected 3",
+        ),
         ("qrels", qrels_tsv([("q1", "d1", 2)]) + "q2 d3 1\n", r"test\.tsv, line 3: 1 tab-separated column\(s\).*tabs"),
-        ("qrels", qrels_tsv([("q1", "d1", 2), ("q1", "d1", 1)]), r"test\.tsv, line 3: \(q1, d1\) graded 1, but 2 on line 2"),
+        (
+            "qrels",
+            qrels_tsv([("q1", "d1", 2), ("q1", "d1", 1)]),
+            r"test\.tsv, line 3: \(q1, d1\) graded 1, but 2 on line 2",
+        ),
         ("qrels", qrels_tsv([]), r"test\.tsv holds no judgements, so the split has no queries"),
-        ("qrels", qrels_tsv([("q7", "d8", 1), ("q1", "d9", 1)]), r"none of its 2 judgements matches.*1 query id\(s\).*'q7'.*2 doc id\(s\)"),
+        (
+            "qrels",
+            qrels_tsv([("q7", "d8", 1), ("q1", "d9", 1)]),
+            r"none of its 2 judgements matches.*1 query id\(s\).*'q7'.*2 doc id\(s\)",
+        ),
     ],
 )
 def test_malformed_input_is_reported_with_file_and_line(tmp_path, file, content, pattern):
@@ -360,7 +410,9 @@ def test_not_utf8_is_reported(tmp_path):
 def test_dangling_judgements_are_counted_dropped_and_warned_about(tmp_path):
     rows = [*QRELS, ("q1", "d404", 1), ("q404", "d1", 1), ("q404", "d2", 1)]
     folder = write_collection(tmp_path / "dangling", qrels=qrels_tsv(rows))
-    with pytest.warns(UserWarning, match=r"dropped 3 of 6 judgements naming 1 query id\(s\).*'q404'.*1 doc id\(s\).*'d404'"):
+    with pytest.warns(
+        UserWarning, match=r"dropped 3 of 6 judgements naming 1 query id\(s\).*'q404'.*1 doc id\(s\).*'d404'"
+    ):
         collection = load_beir(folder)
     assert collection.qrels == {"q1": {"d1": 2}, "q2": {"d3": 1, "d2": 0}}
     assert list(collection.queries) == ["q1", "q2"]
@@ -516,7 +568,9 @@ def test_load_beir_downloads_from_the_mirror_and_rejects_a_wrong_md5(http_root, 
     monkeypatch.setenv(BEIR_DIR_ENV, str(tmp_path / "empty"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    with pytest.raises(DataError, match=r"scifact\.zip: md5 [0-9a-f]{32} does not match the published 5f7d1de6") as error:
+    with pytest.raises(
+        DataError, match=r"scifact\.zip: md5 [0-9a-f]{32} does not match the published 5f7d1de6"
+    ) as error:
         load_beir("scifact")
 
     assert "Hugging Face Hub: skipped, HF_HUB_OFFLINE=1" in str(error.value)
@@ -529,7 +583,11 @@ def test_load_beir_downloads_from_the_mirror_and_rejects_a_wrong_md5(http_root, 
         ({"tiny/corpus.jsonl": "{}", "../evil.txt": "pwned"}, None, r"'\.\./evil\.txt' points outside its folder"),
         ({"tiny/corpus.jsonl": "{}", "tiny/../../evil.txt": "pwned"}, None, r"points outside its folder"),
         ({"/tmp/evil.txt": "pwned"}, None, r"'/tmp/evil\.txt' points outside its folder"),
-        ({"tiny/corpus.jsonl": "{}"}, {"tiny/queries.jsonl": "../../../evil.txt"}, r"'tiny/queries\.jsonl' is a symbolic link"),
+        (
+            {"tiny/corpus.jsonl": "{}"},
+            {"tiny/queries.jsonl": "../../../evil.txt"},
+            r"'tiny/queries\.jsonl' is a symbolic link",
+        ),
     ],
 )
 def test_unsafe_archives_are_rejected_whole(http_root, tmp_path, entries, symlinks, pattern):
@@ -553,7 +611,9 @@ def test_bad_checksum_leaves_nothing(http_root, tmp_path):
 
 def test_malformed_download_leaves_nothing(http_root, tmp_path):
     served, base = http_root
-    (served / "tiny.zip").write_bytes(collection_zip("tiny", {"corpus.jsonl": '{"_id": "d1", "text": "ok"}\n{broken\n'}))
+    (served / "tiny.zip").write_bytes(
+        collection_zip("tiny", {"corpus.jsonl": '{"_id": "d1", "text": "ok"}\n{broken\n'})
+    )
     root = tmp_path / "beir"
     with pytest.raises(DataError, match=r"corpus\.jsonl, line 2: not valid JSON"):
         download_beir("tiny", url=f"{base}/tiny.zip", root=root)
@@ -591,11 +651,14 @@ def test_hub_copies_are_rewritten_in_beir_layout(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     repo, qrels_repo = tmp_path / "BeIR" / "tiny", tmp_path / "BeIR" / "tiny-qrels"
     configs = "".join(
-        f"- config_name: {part}\n  data_files:\n  - split: {part}\n    path: {part}/*\n" for part in ("corpus", "queries")
+        f"- config_name: {part}\n  data_files:\n  - split: {part}\n    path: {part}/*\n"
+        for part in ("corpus", "queries")
     )
     files = {
         repo / "README.md": f"---\nconfigs:\n{configs}---\n",
-        repo / "corpus" / "corpus.jsonl": jsonl([{"_id": "007", "title": None, "text": "zeros"}, {**CORPUS[0], "_id": "8"}]),
+        repo / "corpus" / "corpus.jsonl": jsonl(
+            [{"_id": "007", "title": None, "text": "zeros"}, {**CORPUS[0], "_id": "8"}]
+        ),
         repo / "queries" / "queries.jsonl": jsonl([{"_id": "1", "text": "which?"}, {"_id": "2", "text": "train"}]),
         qrels_repo / "test.tsv": qrels_tsv([(1, "007", 2), (1, 8, 0)]),
         qrels_repo / "train.tsv": qrels_tsv([(2, 8, 1)]),

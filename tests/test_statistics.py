@@ -10,7 +10,8 @@ import pytrec_eval
 from scipy import stats
 
 from ragkit.errors import RagkitError
-from ragkit.evaluate import holm, mean_ci, paired_comparison, parse_measures, per_query_scores
+from ragkit.measures import parse_measures, per_query_scores
+from ragkit.stats import holm, mean_ci, paired_comparison
 
 
 def _random_qrels_and_run(seed: int, n_queries: int = 30, n_docs: int = 200):
