@@ -374,7 +374,7 @@ def _run_experiment(
                 timing: dict[str, Any] = {}
                 _rerank_batched(p, cands, collection, query_ids, settings, pair_cache, scored, reuse=reuse,
                                 show_progress=show_progress, timing=timing)  # fmt: skip
-                if timing.get("pairs") == timing.get("of"):  # every pair scored now: a whole pass, timed
+                if timing and timing["pairs"] == timing["of"]:  # every pair scored now: a whole pass, timed
                     throughput[p.name] = {"pairs": timing["pairs"], "queries": len(query_ids),
                                           "seconds": timing["seconds"], "measured": now()}  # fmt: skip
 

@@ -578,3 +578,16 @@ def test_pooling_needs_the_same_pipelines_and_a_shared_measure(demo, tiny_embedd
         pool([a, b])
     with pytest.raises(RagkitError, match="different pipelines"):
         pool([a, c])
+
+
+def test_batched_throughput_is_reported_only_for_a_pass_it_timed(
+    demo, tiny_embedder_path, tiny_cross_encoder_path, cache
+):
+    reranked = [Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=5)]
+    first = experiment(demo, reranked, latency_queries=0, show_progress=False, n_resamples=50)
+    timed = first.meta["throughput"][reranked[0].name]
+    assert (timed["pairs"], timed["queries"]) == (5 * len(demo.queries), len(demo.queries)) and timed["seconds"] > 0
+    assert "queries/s" in markdown_summary(first)
+    again = experiment(demo, reranked, latency_queries=0, show_progress=False, n_resamples=60)  # scores all cached
+    assert again.meta["throughput"] == {}
+    assert "every pair score came from the cache" in markdown_summary(again)
