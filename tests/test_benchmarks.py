@@ -65,3 +65,16 @@ def test_headline_follows_the_results_it_is_written_from(script, tmp_path):
     assert "(3 x) | >= 20 x: not met" in changed
     with pytest.raises(ValueError, match="no <!-- rerank_cost-cuda"):
         script.readme_block("# a README without a block\n", "cuda", changed)
+
+
+def test_readme_reliability_block_is_what_the_committed_results_say():
+    spec = importlib.util.spec_from_file_location("reliability", ROOT / "benchmarks" / "reliability.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reliability"] = module
+    spec.loader.exec_module(module)
+    record = json.loads((ROOT / "benchmarks" / "results" / "reliability.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert module.readme_with(readme, module.readme_section(record)) == readme
+    damage = record["tables"]["damage"]
+    assert {row["store"] for row in damage} == {"results", "runs", "latency", "pair_scores", "chroma"}
+    assert all(row["exit"] == 0 and row["nDCG@10 as undamaged"] and not row["code executed"] for row in damage)
