@@ -33,7 +33,7 @@ from ragkit.loaders import resolve_device
 
 
 def path_targets(table: pd.DataFrame, device: str) -> pd.DataFrame:
-    """The issue's throughput targets checked on a :func:`ragkit.profiling.compare_paths`
+    """The throughput targets the cost benchmark was built to, checked on a :func:`ragkit.profiling.compare_paths`
     table: (a) at least 0.97 x (b), (a) at least 1.5 x (c), (d) at least 1.1 x (a) on a CPU and
     2 x (a) on a GPU.
 

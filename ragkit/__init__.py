@@ -27,6 +27,7 @@ _EXPORTS = {
     "BeirCollection": "data",
     "load_beir": "data",
     "make_subset": "data",
+    "sample_queries": "data",
     "CacheError": "errors",
     "ConfigError": "errors",
     "DataError": "errors",
@@ -92,6 +93,7 @@ __all__ = [
     "grid",
     "load_beir",
     "make_subset",
+    "sample_queries",
     "model_revision",
     "rerank",
     "reranking_retriever",
@@ -114,7 +116,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run time
-    from ragkit.data import BeirCollection, load_beir, make_subset
+    from ragkit.data import BeirCollection, load_beir, make_subset, sample_queries
     from ragkit.errors import (
         CacheError,
         ConfigError,

@@ -168,8 +168,10 @@ def verdict(result: EvaluationResult) -> str:
             continue
         text = f"{name} without a reranker scores {row[m]:.3f} {m}"
         if not row["baseline"]:
+            against = "distinguishable" if _is_true(row[f"{m} significant"]) else "not distinguishable"
             text += f" ({row[f'{m} delta']:+.3f} against {result.baseline}, 95% CI {_number(row[f'{m} ci_low'])} to "
-            text += f"{_number(row[f'{m} ci_high'])})"
+            text += f"{_number(row[f'{m} ci_high'])}, p {_p(row[f'{m} p_perm_holm'])} after Holm's correction: "
+            text += f"{against} from it)"
         total = _ms(result.latency, name, "total")
         text += f" at {_milliseconds(total[0])} per query." if total is not None else "."
         sentences.append(text)
@@ -247,9 +249,11 @@ class EvaluationResult:
     def summary(self, measure: str | None = None) -> pd.DataFrame:
         """A narrow table for one measure (default: the first): value, delta, CI, p, W/T/L."""
         m = measure or self.measures[0]
-        cols = [m] + [f"{m} {c}" for c in ("delta", "ci_low", "ci_high", "p_perm_holm", "wins", "ties", "losses")]
-        out = self.table[cols].copy()
-        out.columns = [m, "Δ", "CI low", "CI high", "p (Holm)", "wins", "ties", "losses"]
+        stats = ("delta", "ci_low", "ci_high", "p_perm_holm", "wins", "ties", "losses")
+        names = [m, "Δ", "CI low", "CI high", "p (Holm)", "wins", "ties", "losses"]
+        present = [(c, n) for c, n in zip([m] + [f"{m} {c}" for c in stats], names) if c in self.table]
+        out = self.table[[c for c, _ in present]].copy()  # one pipeline alone has no comparisons
+        out.columns = [n for _, n in present]
         return out
 
     def per_query_table(self, measure: str | None = None) -> pd.DataFrame:
@@ -280,12 +284,13 @@ class EvaluationResult:
     def own_table(self, measures: Sequence[str] | None = None) -> pd.DataFrame:
         """Each reranked pipeline against its own first stage alone, one row per pipeline and
         measure: delta, CI, Holm-corrected p, W/T/L, MDE and queries needed for the delta."""
+        measures = [measures] if isinstance(measures, str) else measures or self.measures
         rows = []
         for name, row in self.table.iterrows():
             first_stage = row.get("first_stage")
             if not isinstance(first_stage, str):
                 continue
-            for m in measures or self.measures:
+            for m in measures:
                 rows.append({"pipeline": name, "first stage": first_stage, "measure": m,
                              **_comparison_cells(row, f"{m} own", m)})  # fmt: skip
         return pd.DataFrame(rows)
@@ -306,7 +311,7 @@ class EvaluationResult:
         be needed to detect the observed delta."""
         rows = []
         for name, row in self.table.iterrows():
-            for m in measures or self.measures:
+            for m in [measures] if isinstance(measures, str) else measures or self.measures:
                 cells = {"pipeline": name + (" (baseline)" if row["baseline"] else ""), "measure": m,
                          "score": f"{row[m]:.4f}", "delta": "", "95% CI": "", "p (Holm)": "", "W/T/L": "",
                          "MDE": "", "queries for delta": ""}  # fmt: skip

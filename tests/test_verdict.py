@@ -109,3 +109,17 @@ def test_a_verdict_calls_a_clear_gain_a_gain_and_states_no_latency_it_did_not_me
     first = result.verdict().splitlines()[0]
     assert "a gain distinguishable from zero" in first
     assert "would be needed" not in first and "ms" not in first
+
+
+def test_tables_take_one_measure_by_name_and_one_pipeline_alone():
+    result = _result(np.random.default_rng(2).normal(0.05, 0.2, size=30))
+    assert list(result.own_table("nDCG@10")["measure"]) == ["nDCG@10"]
+    alone = EvaluationResult(table=result.table.loc[["dense(e)"], ["baseline", "nDCG@10"]], per_query=result.per_query,
+                             latency=result.latency, runs={}, meta=result.meta)  # fmt: skip
+    assert list(alone.summary().columns) == ["nDCG@10"]
+
+
+def test_a_verdict_says_whether_a_first_stage_alone_differs_from_the_baseline():
+    text = _result(np.random.default_rng(3).normal(0.0, 0.2, size=40)).verdict()
+    bm25 = next(line for line in text.splitlines() if line.startswith("bm25"))
+    assert "after Holm's correction: distinguishable from it" in bm25  # every query 0.1 lower: no doubt
