@@ -65,10 +65,12 @@ def path_targets(table: pd.DataFrame, device: str) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- whole runs
 
 
-def time_eval(args: Sequence[str], cache: str | Path, *, timeout_s: float | None = None) -> float:
+def time_eval(
+    args: Sequence[str], cache: str | Path, *, timeout_s: float | None = None, output: list[str] | None = None
+) -> float:
     """Wall-clock seconds of ``python -m ragkit eval ARGS`` in a new process whose caches
     (Chroma indexes, first-stage runs, pair scores) live in ``cache``: what a user waits for,
-    imports and model loads included.
+    imports and model loads included. What it printed is appended to ``output`` when given.
 
     Example::
 
@@ -87,6 +89,8 @@ def time_eval(args: Sequence[str], cache: str | Path, *, timeout_s: float | None
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RagkitError(f"ragkit eval {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    if output is not None:
+        output.append(done.stdout)
     return seconds
 
 
