@@ -83,7 +83,9 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         _positive("--batch-size", [args.batch_size])
     measures = [str(m) for m in parse_measures(args.measures)]
-    embedders = [_check_model(e, "embedder") for e in args.embedders]
+    embedders = [_check_model(e, "embedder") for e in args.embedders if e.lower() != "none"]
+    if not embedders and not args.bm25:
+        raise ConfigError("No first stage: --embedders none needs --bm25.")
     rerankers = [None if r.lower() == "none" else _check_model(r, "cross-encoder") for r in args.rerankers]
     device = resolve_device(args.device)
     from ragkit.evaluate import grid, skipped_combinations
@@ -218,7 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
         "quick, but not comparable with full-split scores, and biased against BM25",
     )
     e.add_argument("--seed", type=int, default=0, help="query sampling seed")
-    e.add_argument("--embedders", nargs="+", default=[DEFAULT_EMBEDDER], metavar="MODEL")
+    e.add_argument(
+        "--embedders",
+        nargs="+",
+        default=[DEFAULT_EMBEDDER],
+        metavar="MODEL",
+        help="dense first stages (default: %(default)s); 'none' with --bm25 for BM25 alone",
+    )
     e.add_argument(
         "--rerankers",
         nargs="+",

@@ -372,7 +372,21 @@ class HuggingFaceEmbeddingsLoader(CachedLoader):
         )
 
 
-class HuggingFaceRerankerLoader(CachedLoader):
+class _ModelKwargsLoader(CachedLoader):
+    """A loader configured by ``model_kwargs`` alone, ``device`` resolved: the two cross-encoder
+    loaders share this."""
+
+    def __new__(cls, model_name: str, model_kwargs: dict[str, Any] | None = None) -> Any:  # type: ignore[misc]
+        return cls._get(model_name, model_kwargs is None, model_kwargs=model_kwargs)
+
+    @classmethod
+    def _normalise(cls, model_name: str, *, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        model_kwargs = dict(model_kwargs or {})
+        model_kwargs["device"] = resolve_device(model_kwargs.get("device", DEFAULT_DEVICE))
+        return {"model_kwargs": model_kwargs}
+
+
+class HuggingFaceRerankerLoader(_ModelKwargsLoader):
     """Return a cached ``langchain_community.cross_encoders.HuggingFaceCrossEncoder``.
 
     Args:
@@ -390,15 +404,6 @@ class HuggingFaceRerankerLoader(CachedLoader):
         len(list(ce.score([("capital of France?", "Paris is the capital of France.")])))
         # 1
     """
-
-    def __new__(cls, model_name: str, model_kwargs: dict[str, Any] | None = None) -> Any:  # type: ignore[misc]
-        return cls._get(model_name, model_kwargs is None, model_kwargs=model_kwargs)
-
-    @classmethod
-    def _normalise(cls, model_name: str, *, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-        model_kwargs = dict(model_kwargs or {})
-        model_kwargs["device"] = resolve_device(model_kwargs.get("device", DEFAULT_DEVICE))
-        return {"model_kwargs": model_kwargs}
 
     @classmethod
     def _build(cls, model_name: str, config: dict[str, Any]) -> Any:
@@ -418,7 +423,7 @@ class PlainCrossEncoder(NamedTuple):
     model: Any
 
 
-class TransformersRerankerLoader(CachedLoader):
+class TransformersRerankerLoader(_ModelKwargsLoader):
     """Return a cached :class:`PlainCrossEncoder`: ``AutoTokenizer`` plus
     ``AutoModelForSequenceClassification`` in eval mode, for the plain-``transformers``
     reranking of :func:`ragkit.rerank.rerank`. Cached, listed (``cached_models()``) and
@@ -435,15 +440,6 @@ class TransformersRerankerLoader(CachedLoader):
         features = plain.tokenizer(["query"], ["passage"], return_tensors="pt")
         plain.model(**features).logits
     """
-
-    def __new__(cls, model_name: str, model_kwargs: dict[str, Any] | None = None) -> Any:  # type: ignore[misc]
-        return cls._get(model_name, model_kwargs is None, model_kwargs=model_kwargs)
-
-    @classmethod
-    def _normalise(cls, model_name: str, *, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-        model_kwargs = dict(model_kwargs or {})
-        model_kwargs["device"] = resolve_device(model_kwargs.get("device", DEFAULT_DEVICE))
-        return {"model_kwargs": model_kwargs}
 
     @classmethod
     def _build(cls, model_name: str, config: dict[str, Any]) -> Any:

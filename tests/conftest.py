@@ -118,3 +118,36 @@ def spread_cross_encoder_path(tiny_cross_encoder_path, tmp_path_factory) -> str:
     BertForSequenceClassification(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_cross_encoder_path).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty ragkit cache folder for one test (``RAGKIT_CACHE_DIR``)."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("RAGKIT_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The demo collection that ships with ragkit (40 documents, 8 queries)."""
+    from ragkit import load_beir
+
+    return load_beir("demo")
+
+
+@pytest.fixture()
+def scored_pairs(monkeypatch) -> list[int]:
+    """How many pairs the evaluation engine sends to the cross-encoder, call by call (a spy on
+    the collaborator, which still scores them)."""
+    import ragkit.evaluate as evaluate
+
+    counts: list[int] = []
+    real = evaluate.score_pairs
+
+    def spy(model, pairs, **kwargs):
+        counts.append(len(pairs))
+        return real(model, pairs, **kwargs)
+
+    monkeypatch.setattr(evaluate, "score_pairs", spy)
+    return counts

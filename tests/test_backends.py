@@ -14,12 +14,6 @@ from ragkit.rerank import load_reranker, score_pairs
 
 
 @pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAGKIT_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture()
 def sample(tiny_embedder_path, cache) -> Candidates:
     return candidate_pairs(load_beir("demo"), n_queries=4, k=6, embedder=tiny_embedder_path, device="cpu")
 

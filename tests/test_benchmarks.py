@@ -54,6 +54,13 @@ def test_readme_headline_is_what_the_committed_results_say(script):
     assert script.readme_block(readme, "cpu", script.headline(RESULTS, "cpu")) == readme
 
 
+def test_readme_shows_what_the_default_evaluation_printed(script):
+    readme = (ROOT / "README.md").read_text()
+    block = script.main_job_block(RESULTS)
+    assert script.readme_output_block(readme, block) == readme
+    assert "Reranking the top 20 of dense(all-MiniLM-L6-v2)" in block and "over 50 queries" in block
+
+
 def test_headline_follows_the_results_it_is_written_from(script, tmp_path):
     for path in RESULTS.glob("*-cpu.json"):
         shutil.copy(path, tmp_path / path.name)

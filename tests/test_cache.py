@@ -16,8 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import ragkit.evaluate as evaluate
-from ragkit import load_beir
 from ragkit.cache import Cache, atomic_folder, atomic_write
 from ragkit.cli import main
 from ragkit.evaluate import Pipeline, experiment
@@ -26,37 +24,11 @@ QUIET = {"latency_queries": 0, "show_progress": False, "n_resamples": 50}
 
 
 @pytest.fixture()
-def cache(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("RAGKIT_CACHE_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_beir("demo")
-
-
-@pytest.fixture()
 def reranked(tiny_embedder_path, spread_cross_encoder_path) -> list[Pipeline]:
     return [
         Pipeline(embedder=tiny_embedder_path),
         Pipeline(embedder=tiny_embedder_path, reranker=spread_cross_encoder_path, k=10),
     ]
-
-
-@pytest.fixture()
-def scored_pairs(monkeypatch) -> list[int]:
-    """How many pairs the engine sends to the cross-encoder (a spy on the collaborator)."""
-    counts: list[int] = []
-    real = evaluate.score_pairs
-
-    def spy(model, pairs, **kwargs):
-        counts.append(len(pairs))
-        return real(model, pairs, **kwargs)
-
-    monkeypatch.setattr(evaluate, "score_pairs", spy)
-    return counts
 
 
 class _Planted:

@@ -20,18 +20,6 @@ from ragkit.results import slug
 
 
 @pytest.fixture()
-def cache(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("RAGKIT_CACHE_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_beir("demo")
-
-
-@pytest.fixture()
 def pipelines(tiny_embedder_path, tiny_cross_encoder_path) -> list[Pipeline]:
     return [
         Pipeline(embedder=tiny_embedder_path),
@@ -39,20 +27,6 @@ def pipelines(tiny_embedder_path, tiny_cross_encoder_path) -> list[Pipeline]:
         Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=10, top_n=3),
         Pipeline("bm25", reranker=tiny_cross_encoder_path, k=8),
     ]
-
-
-@pytest.fixture()
-def scored_pairs(monkeypatch) -> list[int]:
-    """How many pairs the engine sends to the cross-encoder (a spy on the collaborator)."""
-    counts: list[int] = []
-    real = evaluate.score_pairs
-
-    def spy(model, pairs, **kwargs):
-        counts.append(len(pairs))
-        return real(model, pairs, **kwargs)
-
-    monkeypatch.setattr(evaluate, "score_pairs", spy)
-    return counts
 
 
 def test_batched_engine_gives_the_same_runs_as_the_langchain_retrievers(demo, pipelines, cache):
@@ -419,6 +393,7 @@ def test_cli_refuses_an_unwritable_output_before_any_work(tmp_path, capsys):
         (["--measures", "nDCG@10.5"], "nDCG@10.5"),
         (["--k", "5", "--top-n", "10"], "every top_n (10) is more than the 5 candidates"),
         (["--k", "0"], "--k must be at least 1"),
+        (["--embedders", "none"], "--embedders none needs --bm25"),
     ],
 )
 def test_cli_refuses_bad_options_before_any_work(args, message, tmp_path, capsys, cache):

@@ -143,12 +143,6 @@ def _child(argv: list[str]) -> None:
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("RAGKIT_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture
 def cached_index(cache) -> Path:
     """A 1,500-document index in ragkit's cache, closed as a finished process leaves it."""
     index = build_chroma_index(make_docs(), RandomEmbeddings(), show_progress=False)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ragkit import Pipeline, experiment, load_beir
+from ragkit import Pipeline, experiment
 from ragkit.errors import RagkitError
 from ragkit.profiling import (
     PATHS,
@@ -36,17 +36,6 @@ BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
 if BENCHMARKS not in sys.path:
     sys.path.insert(0, BENCHMARKS)
 from harness import path_targets  # noqa: E402
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAGKIT_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_beir("demo")
 
 
 @pytest.fixture()
