@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -48,9 +48,11 @@ from ragkit.settings import (
 )
 from ragkit.stats import aggregate, percentile_ci
 
+if TYPE_CHECKING:
+    from ragkit.retrievers import Hits
+
 log = logging.getLogger("ragkit")
 
-Hits = list[list[tuple[str, float]]]  # per query: (doc_id, score), best first
 # Pairs scored between two commits to the pair-score cache: an interrupted run loses at most
 # this many. A multiple of the batch size is used, so batches are the same as in one pass.
 SCORE_CHUNK = 256

@@ -27,8 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ragkit.cache import atomic_folder, check_writable
-
-Run = dict[str, dict[str, float]]  # query id -> doc id -> score
+from ragkit.measures import Run
 
 SUBSET_WARNING = (
     "ragkit subset, not the official split: these scores are not comparable with full-split (published) scores."
@@ -246,6 +245,10 @@ class EvaluationResult:
         """The name of the pipeline the others are compared with."""
         return str(self.meta["baseline"])
 
+    def _chosen(self, measures: str | Sequence[str] | None) -> list[str]:
+        """The measures a table shows: one by name, several, or (``None``) all of them."""
+        return [measures] if isinstance(measures, str) else list(measures or self.measures)
+
     def summary(self, measure: str | None = None) -> pd.DataFrame:
         """A narrow table for one measure (default: the first): value, delta, CI, p, W/T/L."""
         m = measure or self.measures[0]
@@ -281,10 +284,10 @@ class EvaluationResult:
         out["queries"] = lat["queries"]
         return out
 
-    def own_table(self, measures: Sequence[str] | None = None) -> pd.DataFrame:
+    def own_table(self, measures: str | Sequence[str] | None = None) -> pd.DataFrame:
         """Each reranked pipeline against its own first stage alone, one row per pipeline and
         measure: delta, CI, Holm-corrected p, W/T/L, MDE and queries needed for the delta."""
-        measures = [measures] if isinstance(measures, str) else measures or self.measures
+        measures = self._chosen(measures)
         rows = []
         for name, row in self.table.iterrows():
             first_stage = row.get("first_stage")
@@ -303,7 +306,7 @@ class EvaluationResult:
         query; then what the other first stages score alone."""
         return verdict(self)
 
-    def format_table(self, measures: Sequence[str] | None = None) -> str:
+    def format_table(self, measures: str | Sequence[str] | None = None) -> str:
         """A plain-text table, one line per pipeline and measure: the score and, against the
         baseline, its delta (``*`` when significant), the delta's 95% CI, the Holm-corrected
         randomization p-value, wins/ties/losses over queries, and how much evidence there is:
@@ -311,7 +314,7 @@ class EvaluationResult:
         be needed to detect the observed delta."""
         rows = []
         for name, row in self.table.iterrows():
-            for m in [measures] if isinstance(measures, str) else measures or self.measures:
+            for m in self._chosen(measures):
                 cells = {"pipeline": name + (" (baseline)" if row["baseline"] else ""), "measure": m,
                          "score": f"{row[m]:.4f}", "delta": "", "95% CI": "", "p (Holm)": "", "W/T/L": "",
                          "MDE": "", "queries for delta": ""}  # fmt: skip
