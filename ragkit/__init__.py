@@ -49,6 +49,7 @@ _EXPORTS = {
     "BM25Retriever": "retrievers",
     "ChromaIndex": "retrievers",
     "build_chroma_index": "retrievers",
+    "HybridRetriever": "hybrid",
     "ScoredCrossEncoderReranker": "rerank",
     "rerank": "rerank",
     "reranking_retriever": "rerank",
@@ -78,6 +79,7 @@ __all__ = [
     "Experiment",
     "HuggingFaceEmbeddingsLoader",
     "HuggingFaceRerankerLoader",
+    "HybridRetriever",
     "ModelInfo",
     "ModelNotFoundError",
     "Pipeline",
@@ -126,6 +128,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
         RagkitError,
     )
     from ragkit.evaluate import Pipeline, experiment, grid
+    from ragkit.hybrid import HybridRetriever
     from ragkit.loaders import (
         CachedLoader,
         CachedModel,

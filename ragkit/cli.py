@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from ragkit.errors import ConfigError, RagkitError
-from ragkit.settings import DEFAULT_DEVICE, DEFAULT_EMBEDDER, DEFAULT_EVAL_QUERIES, DEFAULT_RERANKER
+from ragkit.settings import DEFAULT_DEVICE, DEFAULT_EMBEDDER, DEFAULT_EVAL_QUERIES, DEFAULT_RERANKER, HYBRID_WEIGHTS
 
 SMOKE_QUERY = "How does a cross-encoder rerank retrieved passages?"
 SMOKE_PASSAGES = [
@@ -86,13 +86,26 @@ def evaluate(args: argparse.Namespace) -> int:
     embedders = [_check_model(e, "embedder") for e in args.embedders if e.lower() != "none"]
     if not embedders and not args.bm25:
         raise ConfigError("No first stage: --embedders none needs --bm25.")
+    if args.hybrid and not embedders:
+        raise ConfigError("--hybrid fuses each embedder's ranking with BM25's: it needs at least one of --embedders.")
+    from ragkit.hybrid import check_weights
+
+    weights = check_weights(args.fusion_weights)
+    if args.fusion_weights != list(HYBRID_WEIGHTS) and not args.hybrid:
+        raise ConfigError("--fusion-weights weighs the hybrid first stage: add --hybrid, or leave the weights out.")
+    chroma_server = None
+    if args.chroma_host is not None and embedders:
+        from ragkit.retrievers import connect_chroma
+
+        connect_chroma(args.chroma_host, args.chroma_port)  # fails now if nothing answers
+        chroma_server = (args.chroma_host, args.chroma_port)
     rerankers = [None if r.lower() == "none" else _check_model(r, "cross-encoder") for r in args.rerankers]
     device = resolve_device(args.device)
     from ragkit.evaluate import grid, skipped_combinations
 
     top_ns = args.top_n or [None]
-    pipelines = grid(embedders, rerankers, args.k, top_ns, bm25=args.bm25, reranker_dtypes=args.reranker_dtypes,
-                     truncate=args.truncate)  # fmt: skip
+    pipelines = grid(embedders, rerankers, args.k, top_ns, bm25=args.bm25, hybrid=args.hybrid, fusion_weights=weights,
+                     reranker_dtypes=args.reranker_dtypes, truncate=args.truncate)  # fmt: skip
     skipped = skipped_combinations(args.k, top_ns) if any(rerankers) else []
     output = check_writable(args.output)  # fail now, not after minutes of scoring
 
@@ -120,7 +133,8 @@ def evaluate(args: argparse.Namespace) -> int:
             collection = sample_queries(collection, n_queries, seed=args.seed)
         print(collection.summary())
         result = experiment(collection, pipelines, measures=measures, device=device, batch_size=args.batch_size,
-                            latency_queries=args.latency_queries, use_cache=not args.no_cache)  # fmt: skip
+                            latency_queries=args.latency_queries, use_cache=not args.no_cache,
+                            chroma_server=chroma_server)  # fmt: skip
         results.append(result)
     if len(results) == 1:
         final = results[0]
@@ -235,6 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="cross-encoders; 'none' adds the first stage alone (default: none and %(default)s)",
     )
     e.add_argument("--bm25", action="store_true", help="add BM25 as a first stage too")
+    e.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="add each embedder's ranking fused with BM25's (reciprocal rank fusion) as a first stage too",
+    )
+    e.add_argument(
+        "--fusion-weights",
+        nargs=2,
+        type=float,
+        default=list(HYBRID_WEIGHTS),
+        metavar=("DENSE", "BM25"),
+        help="the hybrid's weights, both positive (default: equal)",
+    )
     e.add_argument("--k", nargs="+", type=int, default=[DEFAULT_RERANK_K], help="candidates the reranker sees")
     e.add_argument("--top-n", nargs="+", type=int, default=None, help="reranked documents kept (default: k)")
     e.add_argument(
@@ -275,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
         "what an earlier run cached, and overwrite the cached copies (the Chroma index is reused all the "
         "same, once verified)",
     )
+    e.add_argument(
+        "--chroma-host",
+        default=None,
+        help="keep the dense indexes on this Chroma server (`chroma run`) instead of the embedded Chroma in "
+        "ragkit's cache: for indexes several evaluators share, or larger than one machine's memory",
+    )
+    e.add_argument("--chroma-port", type=int, default=8000, help="the Chroma server's port (default %(default)s)")
     e.add_argument("--output", default="results/eval", help="report folder (default: %(default)s)")
     p = sub.add_parser("smoke", help="load the default embedder and reranker and rank a few passages")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER)

@@ -40,6 +40,7 @@ from ragkit.settings import (
     DEFAULT_MEASURES,
     DEFAULT_RERANK_K,
     FIRST_STAGE_DEPTH,
+    HYBRID_WEIGHTS,
     LATENCY_QUERIES,
     N_RESAMPLES,
     RERANK_DTYPES,
@@ -64,11 +65,12 @@ def _short(model_id: str) -> str:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """One retrieval pipeline: a first stage (dense or BM25), optionally reranked.
+    """One retrieval pipeline: a first stage (dense, BM25 or both fused), optionally reranked.
 
     Args:
-        retriever: ``"dense"`` (Chroma + an embedder) or ``"bm25"``.
-        embedder: Hub id of the embedder for ``"dense"``.
+        retriever: ``"dense"`` (Chroma + an embedder), ``"bm25"``, or ``"hybrid"``: the dense
+            and BM25 rankings fused by weighted reciprocal rank fusion (``ragkit.hybrid``).
+        embedder: Hub id of the embedder for ``"dense"`` and ``"hybrid"``.
         reranker: Hub id of a cross-encoder, or ``None`` for the first stage alone.
         k: candidates taken from the first stage: the documents returned when there is no
             reranker (default 100, so that R@100 means something), the documents reranked
@@ -86,6 +88,8 @@ class Pipeline:
             only sets what the LangChain retriever hands on. ``True``: only the ``top_n``
             reranked documents, as LangChain's ``CrossEncoderReranker`` returns them; the name
             says ``truncated``.
+        fusion_weights: the hybrid's (dense, BM25) weights, both positive (default equal,
+            ``settings.HYBRID_WEIGHTS``); the name shows them when they differ.
 
     Rankings are decided on the cross-encoder's logits, which never saturate (its sigmoid
     rounds every strong match to 1.0 and turns them into ties), and a run's scores strictly
@@ -96,21 +100,28 @@ class Pipeline:
         'dense(all-MiniLM-L6-v2) >> ms-marco-MiniLM-L-12-v2(k=50, top_n=50)'
     """
 
-    retriever: Literal["dense", "bm25"] = "dense"
+    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
     embedder: str | None = DEFAULT_EMBEDDER
     reranker: str | None = None
     k: int | None = None
     top_n: int | None = None
     reranker_dtype: str = "float32"
     truncate: bool = False
+    fusion_weights: tuple[float, float] = HYBRID_WEIGHTS
 
     def __post_init__(self) -> None:
-        if self.retriever not in ("dense", "bm25"):
-            raise ConfigError(f"Unknown retriever {self.retriever!r}: use 'dense' or 'bm25'.")
-        if self.retriever == "dense" and not self.embedder:
-            raise ConfigError("A dense pipeline needs an embedder (a Hub id or a local folder).")
+        if self.retriever not in ("dense", "bm25", "hybrid"):
+            raise ConfigError(f"Unknown retriever {self.retriever!r}: use 'dense', 'bm25' or 'hybrid'.")
+        if self.retriever != "bm25" and not self.embedder:
+            raise ConfigError(f"A {self.retriever} pipeline needs an embedder (a Hub id or a local folder).")
         if self.retriever == "bm25":
             object.__setattr__(self, "embedder", None)
+        if self.retriever == "hybrid":
+            from ragkit.hybrid import check_weights
+
+            object.__setattr__(self, "fusion_weights", check_weights(self.fusion_weights))
+        else:
+            object.__setattr__(self, "fusion_weights", HYBRID_WEIGHTS)
         k = self.k if self.k is not None else (DEFAULT_RERANK_K if self.reranker else FIRST_STAGE_DEPTH)
         top_n = self.top_n if self.top_n is not None else k
         if k < 1 or top_n < 1:
@@ -127,8 +138,14 @@ class Pipeline:
 
     @property
     def first_stage(self) -> str:
-        """Name of the first stage alone, e.g. ``dense(all-MiniLM-L6-v2)`` or ``bm25``."""
-        return "bm25" if self.retriever == "bm25" else f"dense({_short(self.embedder)})"
+        """Name of the first stage alone, e.g. ``dense(all-MiniLM-L6-v2)``, ``bm25`` or
+        ``hybrid(all-MiniLM-L6-v2+bm25)``."""
+        if self.retriever == "bm25":
+            return "bm25"
+        if self.retriever == "dense":
+            return f"dense({_short(self.embedder)})"
+        weights = "" if self.fusion_weights == HYBRID_WEIGHTS else ", weights={:g}:{:g}".format(*self.fusion_weights)
+        return f"hybrid({_short(self.embedder)}+bm25{weights})"
 
     @property
     def name(self) -> str:
@@ -147,7 +164,7 @@ class Pipeline:
     def own_first_stage(self) -> Pipeline:
         """The same first stage without reranking, at its full depth: what this pipeline's
         reranker is measured against."""
-        return Pipeline(self.retriever, self.embedder)
+        return Pipeline(self.retriever, self.embedder, fusion_weights=self.fusion_weights)
 
 
 def grid(
@@ -157,11 +174,14 @@ def grid(
     top_ns: Sequence[int | None] = (None,),
     *,
     bm25: bool = False,
+    hybrid: bool = False,
+    fusion_weights: tuple[float, float] = HYBRID_WEIGHTS,
     reranker_dtypes: Sequence[str] = ("float32",),
     truncate: bool = False,
 ) -> list[Pipeline]:
     """Every combination of first stage, reranker (``None`` = no reranking), k, top_n and
-    reranker precision.
+    reranker precision. First stages: each embedder's dense retriever, BM25 with ``bm25``, and
+    with ``hybrid`` each embedder fused with BM25 (``fusion_weights``: dense, BM25).
 
     First-stage-only pipelines appear once per first stage (k and top_n only matter to a
     reranker); combinations with ``top_n > k`` are left out (:func:`skipped_combinations`
@@ -179,16 +199,18 @@ def grid(
                     f"the {k} candidates the reranker sees. Use top_n <= k, or a larger k."
                 )
     stages = [("dense", e) for e in embedders] + ([("bm25", None)] if bm25 else [])
+    stages += [("hybrid", e) for e in embedders] if hybrid else []
     out: list[Pipeline] = []
     for retriever, embedder in stages:
         for reranker in rerankers:
             if reranker is None:
-                out.append(Pipeline(retriever, embedder))
+                out.append(Pipeline(retriever, embedder, fusion_weights=fusion_weights))
                 continue
             for k in ks:
                 for top_n in top_ns:
                     if top_n is None or top_n <= k:
-                        out += [Pipeline(retriever, embedder, reranker, k, top_n, d, truncate) for d in reranker_dtypes]
+                        out += [Pipeline(retriever, embedder, reranker, k, top_n, d, truncate, fusion_weights)
+                                for d in reranker_dtypes]  # fmt: skip
     return list(dict.fromkeys(out))
 
 
@@ -205,8 +227,8 @@ def skipped_combinations(ks: Sequence[int], top_ns: Sequence[int | None]) -> lis
 # ----------------------------------------------------------------------------- the experiment
 
 
-def _first_stage_key(p: Pipeline) -> tuple[str, str | None]:
-    return (p.retriever, p.embedder)
+def _first_stage_key(p: Pipeline) -> tuple[Any, ...]:
+    return (p.retriever, p.embedder, p.fusion_weights if p.retriever == "hybrid" else None)
 
 
 def experiment(
@@ -223,6 +245,7 @@ def experiment(
     seed: int = 0,
     use_cache: bool = True,
     show_progress: bool = True,
+    chroma_server: tuple[str, int] | None = None,
 ) -> EvaluationResult:
     """Run ``pipelines`` on ``collection`` and compare each with the baseline.
 
@@ -248,6 +271,9 @@ def experiment(
             computes and measures everything afresh and overwrites what was cached (the
             Chroma index is reused all the same, once verified).
         show_progress: progress bars while embedding, scoring and over pipelines.
+        chroma_server: ``(host, port)`` of a Chroma server (``chroma run``) to hold the dense
+            indexes, instead of the embedded Chroma in ragkit's cache; checked to answer
+            before any work. Where the index lives never changes a result.
 
     The keyword arguments become one :class:`ragkit.settings.RunSettings`, which every stage
     reads and the result cache's key is computed from.
@@ -284,6 +310,11 @@ def experiment(
     )
     device = resolve_device(settings.device)
     settings = replace(settings, device=device, batch_size=settings.batch_size or rerank_batch_size(device))
+    client = None
+    if chroma_server is not None and any(p.retriever != "bm25" for p in pipelines):
+        from ragkit.retrievers import connect_chroma
+
+        client = connect_chroma(*chroma_server)
     cache = Cache()
     key = _result_key(collection, pipelines, settings)
     if use_cache:
@@ -292,7 +323,9 @@ def experiment(
             result = EvaluationResult.from_dict(stored)
             result.meta["reused_result"] = True
             return result
-    result = _run_experiment(collection, pipelines, settings, cache=cache, reuse=use_cache, show_progress=show_progress)
+    result = _run_experiment(
+        collection, pipelines, settings, cache=cache, reuse=use_cache, show_progress=show_progress, client=client
+    )
     cache.write("results", key, result.to_dict())
     return result
 
@@ -340,9 +373,11 @@ def _run_experiment(
     cache: Cache,
     reuse: bool,
     show_progress: bool,
+    client: Any = None,
 ) -> EvaluationResult:
     """Compute a result: first stages, runs, latency, measures, statistics. With ``reuse``,
-    cached runs, pair scores and timings are read; fresh ones are written either way."""
+    cached runs, pair scores and timings are read; fresh ones are written either way. Dense
+    indexes live on ``client`` (a Chroma server) when one is given."""
     from tqdm.auto import tqdm
 
     query_ids = sorted(collection.queries)
@@ -350,13 +385,13 @@ def _run_experiment(
     runs: dict[str, Run] = {}
     latency_rows: list[dict[str, Any]] = []
     latency_measured: dict[str, dict[str, Any]] = {}  # pipeline -> when its timings were taken, and if reused
-    stages: dict[tuple[str, str | None], Any] = {}
-    candidates: dict[tuple[str, str | None], Hits] = {}
+    stages: dict[tuple[Any, ...], Any] = {}
+    candidates: dict[tuple[Any, ...], Hits] = {}
     pair_cache = cache.pair_scores()
     try:
         for key in dict.fromkeys(_first_stage_key(p) for p in pipelines):
             depth = max(p.depth for p in pipelines if _first_stage_key(p) == key)
-            stage = _build_first_stage(collection, key, settings.device, show_progress)
+            stage = _build_first_stage(collection, key, settings.device, show_progress, stages, client)
             stages[key] = stage
             candidates[key] = _first_stage_run(stage, collection, query_texts, depth, cache=cache, reuse=reuse)
 
@@ -494,15 +529,32 @@ def pool(results: Sequence[EvaluationResult], *, n_resamples: int = N_RESAMPLES,
 
 
 def _build_first_stage(
-    collection: BeirCollection, key: tuple[str, str | None], device: str, show_progress: bool
+    collection: BeirCollection,
+    key: tuple[Any, ...],
+    device: str,
+    show_progress: bool,
+    built: dict[tuple[Any, ...], Any],
+    client: Any = None,
 ) -> Any:
+    """The first stage ``key`` names; a hybrid's dense and BM25 parts come from ``built`` when
+    the grid has them already (and are added to it). Dense indexes go on ``client`` if given."""
     from ragkit.retrievers import BM25Retriever, build_chroma_index
 
-    retriever, embedder = key
+    retriever, embedder, weights = key
+    if retriever == "hybrid":
+        from ragkit.hybrid import HybridRetriever
+
+        parts = [("dense", embedder, None), ("bm25", None, None)]
+        for part in parts:
+            if part not in built:
+                built[part] = _build_first_stage(collection, part, device, show_progress, built, client)
+        return HybridRetriever(built[parts[0]], built[parts[1]], weights=weights)
     documents = collection.documents()
     if retriever == "bm25":
         return BM25Retriever.from_documents(documents)
-    return build_chroma_index(documents, embedder, model_kwargs={"device": device}, show_progress=show_progress)
+    return build_chroma_index(
+        documents, embedder, model_kwargs={"device": device}, client=client, show_progress=show_progress
+    )
 
 
 def _hits_problem(hits: Any, collection: BeirCollection, n_queries: int, depth: int, exact: bool) -> str | None:
@@ -529,10 +581,12 @@ def _hits_problem(hits: Any, collection: BeirCollection, n_queries: int, depth: 
 def _first_stage_run(
     stage: Any, collection: BeirCollection, queries: list[str], depth: int, *, cache: Cache, reuse: bool
 ) -> Hits:
+    from ragkit.hybrid import HybridRetriever
     from ragkit.retrievers import ChromaIndex
 
     key = digest("runs", FORMATS["runs"], stage.fingerprint, queries, depth)
-    exact = isinstance(stage, ChromaIndex)  # a BM25 run can be shorter: only documents sharing a word
+    # A BM25 run can be shorter (only documents sharing a word); dense and hybrid runs are full.
+    exact = isinstance(stage, (ChromaIndex, HybridRetriever))
     if reuse:
         stored = cache.read("runs", key, check=lambda h: _hits_problem(h, collection, len(queries), depth, exact))
         if stored is not None:
@@ -665,7 +719,7 @@ def _langchain_run(
 ) -> Run:
     if not p.reranker:
         retriever = stage.as_retriever(k=p.k)
-        return {q: ranked_run([(d.metadata["doc_id"], float(d.metadata["score"]))
+        return {q: ranked_run([(d.metadata["doc_id"], _first_stage_score(d))
                                for d in retriever.invoke(collection.queries[q])]) for q in query_ids}  # fmt: skip
     # The compressor returns every reranked candidate (top_n=k) unless the run is truncated;
     # the first stage's deeper candidates come from a second, deeper retriever.
@@ -679,6 +733,12 @@ def _langchain_run(
         rest = [(d.metadata["doc_id"], 0.0) for d in deeper.invoke(collection.queries[q])] if deeper else []
         run[q] = reranked_run(reranked, rest)
     return run
+
+
+def _first_stage_score(doc: Any) -> float:
+    """A first-stage document's score: its own (cosine, BM25), or, for a fused ranking, one
+    that decreases with its fused rank (EnsembleRetriever keeps no fused score)."""
+    return float(doc.metadata["score"]) if "score" in doc.metadata else -float(doc.metadata["fused_rank"])
 
 
 # ----------------------------------------------------------------------------- latency
@@ -746,19 +806,31 @@ def _time_pipeline(
             t1 = time.perf_counter()
             hits = stage.search_by_vector(vectors, p.k)[0]
             row["embed query"], row["vector search"] = t1 - t0, time.perf_counter() - t1
+        elif p.retriever == "hybrid":
+            depth = max(p.k, stage.depth)  # each ranking is read to the fusion depth
+            vectors = stage.dense.embed_queries([text])
+            t1 = time.perf_counter()
+            dense = stage.dense.search_by_vector(vectors, depth)
+            t2 = time.perf_counter()
+            bm25 = stage.bm25.search([text], depth)
+            t3 = time.perf_counter()
+            hits = stage.fuse(dense, bm25, p.k)[0]
+            row["embed query"], row["vector search"] = t1 - t0, t2 - t1
+            row["bm25 search"], row["fusion"] = t3 - t2, time.perf_counter() - t3
         else:
             hits = stage.search([text], p.k)[0]
             row["bm25 search"] = time.perf_counter() - t0
         if model is not None:
-            t2 = time.perf_counter()
+            t4 = time.perf_counter()
             score_pairs(model, [(text, collection.text(d)) for d, _ in hits], batch_size=settings.batch_size)
-            row["rerank"] = time.perf_counter() - t2
+            row["rerank"] = time.perf_counter() - t4
         row["total"] = time.perf_counter() - t0
         rows.append(row)
     return rows
 
 
-_STAGES = ("embed query", "vector search", "bm25 search", "rerank", "total")  # in the order a query meets them
+# In the order a query meets them.
+_STAGES = ("embed query", "vector search", "bm25 search", "fusion", "rerank", "total")
 _LATENCY_COLUMNS = ["pipeline", "stage", "p50_ms", "p50_ci_low", "p50_ci_high", "p95_ms", "p95_ci_low", "p95_ci_high",
                     "queries"]  # fmt: skip
 

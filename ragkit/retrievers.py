@@ -53,7 +53,7 @@ from ragkit.cache import FORMATS, atomic_write
 from ragkit.errors import CacheError, ConfigError, RagkitError
 from ragkit.loaders import HuggingFaceEmbeddingsLoader
 from ragkit.models import model_revision
-from ragkit.settings import CHUNK_OVERLAP, DEFAULT_EMBEDDER, DEFAULT_RERANK_K, INDEX_BATCH_SIZE, cache_dir
+from ragkit.settings import CHUNK_OVERLAP, CHUNK_UNITS, DEFAULT_EMBEDDER, DEFAULT_RERANK_K, INDEX_BATCH_SIZE, cache_dir
 
 log = logging.getLogger("ragkit")
 
@@ -106,6 +106,34 @@ def chroma_settings() -> Any:
     return Settings(anonymized_telemetry=False)
 
 
+def connect_chroma(host: str, port: int = 8000) -> Any:
+    """A client of the Chroma server at ``host:port`` (``chroma run``), checked to answer now.
+
+    Use a server when several evaluators share one index, or when the collection outgrows one
+    machine's memory; the embedded index in ragkit's cache is simpler otherwise. Build the
+    index on it with ``build_chroma_index(docs, client=connect_chroma(host, port))``.
+
+    Raises:
+        ConfigError: the port is not one, or nothing answers there (before any work starts).
+    """
+    import chromadb
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"--chroma-port must be a TCP port (1-65535), got {port!r}.")
+    if not host:
+        raise ConfigError("--chroma-host is empty: give the server's host name or address.")
+    try:
+        client = chromadb.HttpClient(host=host, port=port, settings=chroma_settings())
+        client.heartbeat()
+    except Exception as exc:  # chromadb raises plain exceptions of several kinds for this
+        raise ConfigError(
+            f"No Chroma server answers at {host}:{port} (--chroma-host/--chroma-port): {_first_line(exc)}. "
+            f"Start one with `chroma run --path DIR --host {host} --port {port}`, check the address, or leave both "
+            "options out to use the embedded index in ragkit's cache."
+        ) from None
+    return client
+
+
 def _check_k(k: int) -> None:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"k must be a positive integer (the number of documents per query), got {k!r}.")
@@ -132,31 +160,94 @@ class _Record:
     metadata: dict[str, Any]
 
 
-def _records(documents: Sequence[Document], chunk_size: int | None, chunk_overlap: int) -> list[_Record]:
-    """One record per document, or per chunk (ids ``<doc_id>#<n>``) when ``chunk_size`` is set."""
+def check_chunking(chunk_size: int | None, chunk_overlap: int, chunk_unit: str = "chars") -> None:
+    """Raise a :class:`ConfigError` naming the option and the fix unless the chunking makes sense.
+
+    Example:
+        >>> check_chunking(400, 50)
+        >>> check_chunking(40, 50)
+        Traceback (most recent call last):
+        ...
+        ragkit.errors.ConfigError: chunk_overlap (50) must be less than chunk_size (40): ...
+    """
+    if chunk_unit not in CHUNK_UNITS:
+        raise ConfigError(f"chunk_unit must be one of {', '.join(CHUNK_UNITS)}, got {chunk_unit!r}.")
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"chunk_size must be a whole number of {chunk_unit} of at least 1, got {chunk_size!r}.")
+    if isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int) or chunk_overlap < 0:
+        raise ConfigError(f"chunk_overlap must be a whole number of {chunk_unit} >= 0, got {chunk_overlap!r}.")
+    if chunk_overlap >= chunk_size:
+        raise ConfigError(
+            f"chunk_overlap ({chunk_overlap}) must be less than chunk_size ({chunk_size}): consecutive chunks would "
+            f"share everything. Use a larger chunk size or a smaller overlap (e.g. --chunk-overlap "
+            f"{max(0, chunk_size // 8)})."
+        )
+
+
+def text_splitter(chunk_size: int, chunk_overlap: int = CHUNK_OVERLAP, *, tokenizer: Any = None) -> Any:
+    """LangChain's ``RecursiveCharacterTextSplitter``: it cuts at blank lines, then line breaks,
+    then spaces, then anywhere, into chunks of at most ``chunk_size`` characters, or, given a
+    Hugging Face ``tokenizer``, of at most ``chunk_size`` of its tokens (what a model truncates).
+
+    Example:
+        >>> text_splitter(12, 0).split_text("one two three four five")
+        ['one two', 'three four', 'five']
+    """
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    check_chunking(chunk_size, chunk_overlap, "tokens" if tokenizer is not None else "chars")
+    if tokenizer is None:
+        return RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    return RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
+        tokenizer, chunk_size=chunk_size, chunk_overlap=chunk_overlap
+    )
+
+
+def passages(text: str, splitter: Any, *, first_only: bool = False) -> list[str]:
+    """A document's passages, in order (only the first with ``first_only``). An empty
+    document is one empty passage, so that every document keeps a place in the index."""
+    chunks = splitter.split_text(text) or [text]
+    return chunks[:1] if first_only else chunks
+
+
+def embedder_tokenizer(embeddings: Embeddings) -> Any:
+    """The Hugging Face tokenizer behind a LangChain embedder, for token-based chunking."""
+    for inner in (getattr(embeddings, "_client", None), embeddings):
+        tokenizer = getattr(inner, "tokenizer", None)
+        if tokenizer is not None:
+            return tokenizer
+    raise ConfigError(
+        f"Cannot chunk by tokens for {type(embeddings).__name__}: its tokenizer is unknown. "
+        "Use chunk_unit='chars', or an embedder loaded by name."
+    )
+
+
+def _records(
+    documents: Sequence[Document],
+    chunk_size: int | None,
+    chunk_overlap: int,
+    *,
+    tokenizer: Any = None,
+    first_only: bool = False,
+) -> list[_Record]:
+    """One record per document, or per chunk (ids ``<doc_id>#<n>``) when ``chunk_size`` is set
+    (only each document's first chunk with ``first_only``; tokens of ``tokenizer`` if given)."""
     if not documents:
         raise ConfigError("No documents to index: pass a non-empty list of LangChain Documents.")
     ids = [_doc_id(doc, i) for i, doc in enumerate(documents)]
     if len(set(ids)) != len(ids):
         dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
         raise ConfigError(f"Duplicate document ids {dupes}: each Document needs its own metadata['doc_id'].")
-    splitter = None
-    if chunk_size is not None:
-        from langchain_text_splitters import RecursiveCharacterTextSplitter
-
-        if chunk_size < 1 or not 0 <= chunk_overlap < chunk_size:
-            raise ConfigError(
-                f"Need chunk_size >= 1 and 0 <= chunk_overlap < chunk_size, got {chunk_size} and {chunk_overlap}."
-            )
-        splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    splitter = None if chunk_size is None else text_splitter(chunk_size, chunk_overlap, tokenizer=tokenizer)
     records = []
     for doc_id, doc in zip(ids, documents):
         metadata = {**_scalar_metadata(doc.metadata), "doc_id": doc_id}
         if splitter is None:
             records.append(_Record(doc_id, doc.page_content, metadata))
             continue
-        # An empty document still gets one (empty) chunk, so every doc id stays in the index.
-        chunks = splitter.split_text(doc.page_content) or [doc.page_content]
+        chunks = passages(doc.page_content, splitter, first_only=first_only)
         records += [_Record(f"{doc_id}#{n}", chunk, {**metadata, "chunk": n}) for n, chunk in enumerate(chunks)]
     return records
 
@@ -979,6 +1070,8 @@ def build_chroma_index(
     encode_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     chunk_overlap: int = CHUNK_OVERLAP,
+    chunk_unit: str = "chars",
+    first_passage_only: bool = False,
     persist_directory: str | Path | None = None,
     client: Any = None,
     collection_name: str | None = None,
@@ -1011,7 +1104,12 @@ def build_chroma_index(
         chunk_size: split documents longer than this many characters with LangChain's
             ``RecursiveCharacterTextSplitter`` (the tutorial uses ``settings.CHUNK_SIZE``, 400);
             ``None`` indexes whole documents.
-        chunk_overlap: characters shared by consecutive chunks.
+        chunk_overlap: characters (or tokens) shared by consecutive chunks; less than ``chunk_size``.
+        chunk_unit: ``"chars"`` (default) or ``"tokens"``: ``chunk_size`` counts tokens of the
+            embedder's own tokenizer, so that no chunk is longer than what the model reads.
+        first_passage_only: index only each document's first chunk (FirstP: a document is
+            represented by its beginning); default every chunk, and a document scores as its
+            best chunk (MaxP).
         persist_directory: where Chroma stores the index; default
             ``settings.cache_dir() / "chroma" / <fingerprint>``.
         client: a chromadb client to use instead, e.g. ``chromadb.HttpClient(host, port,
@@ -1039,7 +1137,7 @@ def build_chroma_index(
         raise ConfigError("Pass either client= or persist_directory=, not both: a client already knows its storage.")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
-    records = _records(documents, chunk_size, chunk_overlap)
+    check_chunking(chunk_size, chunk_overlap, chunk_unit)
     if isinstance(embedder, str):
         embeddings = HuggingFaceEmbeddingsLoader(embedder, model_kwargs=model_kwargs, encode_kwargs=encode_kwargs)
     elif model_kwargs is not None or encode_kwargs is not None:
@@ -1049,11 +1147,17 @@ def build_chroma_index(
         )
     else:
         embeddings = embedder
+    tokenizer = embedder_tokenizer(embeddings) if chunk_size is not None and chunk_unit == "tokens" else None
+    records = _records(documents, chunk_size, chunk_overlap, tokenizer=tokenizer, first_only=first_passage_only)
     splitting = (
         None
         if chunk_size is None
         else {"splitter": "RecursiveCharacterTextSplitter", "chunk_size": chunk_size, "chunk_overlap": chunk_overlap}
     )
+    if splitting is not None and chunk_unit == "tokens":  # keys only when set: older fingerprints stay valid
+        splitting["unit"] = "tokens"
+    if splitting is not None and first_passage_only:
+        splitting["first_only"] = True
     fingerprint = _index_fingerprint(embeddings, records, splitting)
     name = collection_name or f"ragkit-{fingerprint[:16]}"
     options = {"chunk_size": chunk_size, "batch_size": batch_size, "show_progress": show_progress}

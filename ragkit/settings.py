@@ -99,6 +99,19 @@ SIGNIFICANCE_LEVEL = 0.05
 DEFAULT_TOP_N = 10  # documents the reranker returns (nDCG@10 reads ten)
 CHUNK_SIZE = 400  # characters per chunk when long documents are split (the design's tutorial)
 CHUNK_OVERLAP = 50
+# What a chunk size counts: characters, or tokens of the embedder's tokenizer (no chunk is then
+# longer than the model reads; all-MiniLM-L6-v2 reads 256 tokens, the cross-encoders 512).
+CHUNK_UNITS = ("chars", "tokens")
+# How a chunked document scores: as its best passage (MaxP) or as its first (FirstP).
+PASSAGE_SCORES = ("maxp", "firstp")
+# The hybrid first stage: dense and BM25 rankings fused by weighted reciprocal rank fusion
+# (Cormack et al., 2009), as LangChain's EnsembleRetriever computes it: a document scores the
+# sum over rankings of weight / (rank + RRF_C). 60 is the paper's and LangChain's constant; equal
+# weights are EnsembleRetriever's default. Each ranking is read to FUSION_DEPTH (or deeper when
+# more candidates are asked for), so that a shorter candidate list is a prefix of a longer one.
+RRF_C = 60
+HYBRID_WEIGHTS = (0.5, 0.5)  # dense, BM25
+FUSION_DEPTH = FIRST_STAGE_DEPTH
 INDEX_BATCH_SIZE = 256  # documents embedded and added to Chroma per step (capped by Chroma's limit)
 # (query, passage) pairs per cross-encoder forward pass, by kind of device. On a CPU small
 # batches are fastest: on 2 cores the pooled stream scored about 30% more SciFact pairs per

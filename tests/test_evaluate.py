@@ -394,6 +394,12 @@ def test_cli_refuses_an_unwritable_output_before_any_work(tmp_path, capsys):
         (["--k", "5", "--top-n", "10"], "every top_n (10) is more than the 5 candidates"),
         (["--k", "0"], "--k must be at least 1"),
         (["--embedders", "none"], "--embedders none needs --bm25"),
+        (["--hybrid", "--fusion-weights", "0", "1"], "Fusion weights must be two positive numbers"),
+        (["--hybrid", "--fusion-weights", "-1", "1"], "--fusion-weights 0.5 0.5"),
+        (["--fusion-weights", "0.7", "0.3"], "add --hybrid"),
+        (["--hybrid", "--embedders", "none", "--bm25"], "--hybrid fuses each embedder's ranking"),
+        (["--chroma-host", "127.0.0.1", "--chroma-port", "1"], "No Chroma server answers at 127.0.0.1:1"),
+        (["--chroma-port", "0", "--chroma-host", "localhost"], "--chroma-port must be a TCP port"),
     ],
 )
 def test_cli_refuses_bad_options_before_any_work(args, message, tmp_path, capsys, cache):

@@ -17,6 +17,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from ragkit import HuggingFaceEmbeddingsLoader, ModelNotFoundError, RagkitError
+from ragkit.errors import ConfigError
 from ragkit.retrievers import (
     BM25Retriever,
     ChromaIndex,
@@ -283,8 +284,6 @@ def test_clear_errors_for_bad_input(embedder, tiny_embedder_path, monkeypatch):
 
 def test_bad_parameter_values_are_config_errors(embedder):
     # ConfigError is a RagkitError and a ValueError: `except RagkitError` and `except ValueError` both catch them.
-    from ragkit.errors import ConfigError
-
     index = build_chroma_index(make_docs(), embedder, show_progress=False)
     for call in (
         lambda: index.search(QUERIES, 0),
@@ -317,8 +316,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def chroma_server(tmp_path):
-    """A real ``chroma run`` on 127.0.0.1 with a temporary path; stopped afterwards."""
+def chroma_address(tmp_path):
+    """A real ``chroma run`` on 127.0.0.1 with a temporary path, as (host, port); stopped afterwards."""
     port = _free_port()
     chroma = Path(sys.executable).with_name("chroma")
     log = (tmp_path / "chroma.log").open("w")
@@ -332,8 +331,7 @@ def chroma_server(tmp_path):
         deadline = time.monotonic() + 30
         while True:
             try:
-                client = chromadb.HttpClient(host="127.0.0.1", port=port, settings=chroma_settings())
-                client.heartbeat()
+                chromadb.HttpClient(host="127.0.0.1", port=port, settings=chroma_settings()).heartbeat()
                 break
             except Exception as exc:
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -342,7 +340,7 @@ def chroma_server(tmp_path):
                         f"chroma run did not answer within 30 s:\n{(tmp_path / 'chroma.log').read_text()}"
                     ) from exc
                 time.sleep(0.25)
-        yield client
+        yield "127.0.0.1", port
     finally:
         proc.terminate()
         try:
@@ -350,6 +348,13 @@ def chroma_server(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture
+def chroma_server(chroma_address):
+    """A client of the ``chroma run`` server."""
+    host, port = chroma_address
+    return chromadb.HttpClient(host=host, port=port, settings=chroma_settings())
 
 
 def test_client_server_mode_builds_reuses_and_queries(chroma_server, embedder, no_default_embedding_function):
@@ -408,3 +413,27 @@ def test_search_returns_the_exact_top_hits_despite_approximate_hnsw():
     similarity = index.embed_queries(queries) @ np.asarray(stored["embeddings"]).T
     for row, hits in zip(similarity, index.search(queries, k=100)):
         np.testing.assert_allclose([score for _, score in hits[:10]], np.sort(row)[::-1][:10], atol=1e-5)
+
+
+def test_cli_eval_keeps_its_dense_index_on_a_chroma_server(chroma_address, tiny_embedder_path, cache, tmp_path):
+    from ragkit.cli import main
+
+    host, port = chroma_address
+    args = ["eval", "--dataset", "demo", "--embedders", tiny_embedder_path, "--rerankers", "none", "--queries", "0",
+            "--latency-queries", "0", "--chroma-host", host, "--chroma-port", str(port),
+            "--output", str(tmp_path / "r")]  # fmt: skip
+    assert main(args) == 0
+    assert not (cache / "chroma").exists()  # nothing embedded into ragkit's own cache
+    client = chromadb.HttpClient(host=host, port=port, settings=chroma_settings())
+    [collection] = client.list_collections()
+    assert collection.name.startswith("ragkit-") and collection.count() == 40
+
+
+def test_an_unreachable_chroma_server_is_a_clear_error_before_any_work():
+    from ragkit.retrievers import connect_chroma
+
+    port = _free_port()  # nothing listens there
+    with pytest.raises(ConfigError, match=f"No Chroma server answers at 127.0.0.1:{port}.*chroma run"):
+        connect_chroma("127.0.0.1", port)
+    with pytest.raises(ConfigError, match="--chroma-port must be a TCP port"):
+        connect_chroma("127.0.0.1", 70000)
