@@ -63,6 +63,15 @@ def _positive(option: str, values: Sequence[int], *, least: int = 1) -> None:
             raise ConfigError(f"{option} must be at least {least}, got {value}.")
 
 
+def _whole_or_number(option: str, value: str) -> int | None:
+    """``none`` (whole documents, the model's own length) or a whole number of at least 1."""
+    if value.lower() == "none":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{option} takes whole numbers of at least 1 or 'none', got {value!r}.")
+    return int(value)
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """Run the grid the options describe on each collection, print the verdict and the table,
     write the report (and, for several collections, one report each plus the pooled one)."""
@@ -104,8 +113,12 @@ def evaluate(args: argparse.Namespace) -> int:
     from ragkit.evaluate import grid, skipped_combinations
 
     top_ns = args.top_n or [None]
+    chunk_sizes = [_whole_or_number("--chunk-sizes", v) for v in args.chunk_sizes]
+    max_lengths = [_whole_or_number("--max-lengths", v) for v in args.max_lengths]
     pipelines = grid(embedders, rerankers, args.k, top_ns, bm25=args.bm25, hybrid=args.hybrid, fusion_weights=weights,
-                     reranker_dtypes=args.reranker_dtypes, truncate=args.truncate)  # fmt: skip
+                     reranker_dtypes=args.reranker_dtypes, truncate=args.truncate, chunk_sizes=chunk_sizes,
+                     chunk_overlap=args.chunk_overlap, chunk_unit=args.chunk_unit, passage_score=args.passage_score,
+                     max_lengths=max_lengths)  # fmt: skip
     skipped = skipped_combinations(args.k, top_ns) if any(rerankers) else []
     output = check_writable(args.output)  # fail now, not after minutes of scoring
 
@@ -197,9 +210,12 @@ def cache_command(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ragkit.cache import STORES
     from ragkit.settings import (
+        CHUNK_OVERLAP,
+        CHUNK_UNITS,
         DEFAULT_MEASURES,
         DEFAULT_RERANK_K,
         LATENCY_QUERIES,
+        PASSAGE_SCORES,
         RERANK_BATCH_SIZE,
         RERANK_DTYPES,
     )
@@ -301,6 +317,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute first-stage runs and pair scores and re-measure latency instead of reusing "
         "what an earlier run cached, and overwrite the cached copies (the Chroma index is reused all the "
         "same, once verified)",
+    )
+    e.add_argument(
+        "--chunk-sizes",
+        nargs="+",
+        default=["none"],
+        metavar="SIZE",
+        help="dense first stages over passages of at most SIZE characters (tokens with --chunk-unit tokens), "
+        "each a pipeline; 'none' (default) for whole documents. The reranker scores the same passages",
+    )
+    e.add_argument("--chunk-overlap", type=int, default=CHUNK_OVERLAP, help="shared by consecutive passages "
+                   "(default %(default)s)")  # fmt: skip
+    e.add_argument("--chunk-unit", choices=CHUNK_UNITS, default="chars", help="what --chunk-sizes counts: "
+                   "chars (default) or the embedder's tokens")  # fmt: skip
+    e.add_argument("--passage-score", choices=PASSAGE_SCORES, default="maxp", help="a document scores as its best "
+                   "passage (maxp, default) or as its first (firstp: first passages only)")  # fmt: skip
+    e.add_argument(
+        "--max-lengths",
+        nargs="+",
+        default=["none"],
+        metavar="TOKENS",
+        help="tokens of each (query, passage) pair the cross-encoder reads, each a pipeline; 'none' (default): "
+        "the model's maximum. The table shows the share of pairs truncated",
     )
     e.add_argument(
         "--chroma-host",

@@ -33,9 +33,11 @@ from ragkit.errors import ConfigError
 from ragkit.loaders import resolve_device
 from ragkit.measures import Run, parse_measures, per_query_scores
 from ragkit.provenance import code_state, device_description, machine_state, model_state, now, versions
-from ragkit.rerank import load_reranker, score_pairs, token_lengths
+from ragkit.rerank import load_reranker, score_pairs, token_lengths, truncation_mask
 from ragkit.results import EvaluationResult
 from ragkit.settings import (
+    CHUNK_OVERLAP,
+    CHUNK_UNITS,
     DEFAULT_EMBEDDER,
     DEFAULT_MEASURES,
     DEFAULT_RERANK_K,
@@ -43,6 +45,7 @@ from ragkit.settings import (
     HYBRID_WEIGHTS,
     LATENCY_QUERIES,
     N_RESAMPLES,
+    PASSAGE_SCORES,
     RERANK_DTYPES,
     RunSettings,
     rerank_batch_size,
@@ -90,6 +93,19 @@ class Pipeline:
             says ``truncated``.
         fusion_weights: the hybrid's (dense, BM25) weights, both positive (default equal,
             ``settings.HYBRID_WEIGHTS``); the name shows them when they differ.
+        chunk_size: split documents into passages of at most this many characters (or tokens,
+            ``chunk_unit="tokens"``: the embedder's tokens), as a RAG system indexes them; the
+            index holds passages and the reranker scores (query, passage) pairs, and a document
+            scores as its best passage (``passage_score="maxp"``) or as its first (``"firstp"``,
+            which indexes and reranks first passages only). Evaluation stays per document.
+            Default ``None``: whole documents (which the embedder and the cross-encoder
+            truncate at their maximum length). Dense pipelines only.
+        chunk_overlap: characters (tokens) consecutive passages share; less than ``chunk_size``.
+        chunk_unit: ``"chars"`` (default) or ``"tokens"``.
+        passage_score: ``"maxp"`` (default) or ``"firstp"``.
+        max_length: tokens of each (query, passage) pair the cross-encoder reads (default: the
+            model's maximum, 512 for the MiniLM cross-encoders); longer pairs are truncated, and
+            the results table says what share of each pipeline's pairs were.
 
     Rankings are decided on the cross-encoder's logits, which never saturate (its sigmoid
     rounds every strong match to 1.0 and turns them into ties), and a run's scores strictly
@@ -108,6 +124,11 @@ class Pipeline:
     reranker_dtype: str = "float32"
     truncate: bool = False
     fusion_weights: tuple[float, float] = HYBRID_WEIGHTS
+    chunk_size: int | None = None
+    chunk_overlap: int = CHUNK_OVERLAP
+    chunk_unit: str = "chars"
+    passage_score: str = "maxp"
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.retriever not in ("dense", "bm25", "hybrid"):
@@ -135,6 +156,40 @@ class Pipeline:
         if not self.reranker:
             object.__setattr__(self, "reranker_dtype", "float32")
             object.__setattr__(self, "truncate", False)
+        self._check_passages()
+
+    def _check_passages(self) -> None:
+        if self.passage_score not in PASSAGE_SCORES:
+            raise ConfigError(f"passage_score must be one of {', '.join(PASSAGE_SCORES)}, got {self.passage_score!r}.")
+        if self.chunk_size is not None:
+            from ragkit.retrievers import check_chunking
+
+            check_chunking(self.chunk_size, self.chunk_overlap, self.chunk_unit)
+            if self.retriever != "dense":
+                raise ConfigError(
+                    f"Passages (chunk_size) are for dense pipelines: a {self.retriever} first stage ranks whole "
+                    "documents. Leave chunk_size out, or use retriever='dense'."
+                )
+        elif self.chunk_unit not in CHUNK_UNITS:
+            raise ConfigError(f"chunk_unit must be one of {', '.join(CHUNK_UNITS)}, got {self.chunk_unit!r}.")
+        else:  # whole documents: the passage options mean nothing, so they cannot make pipelines differ
+            for field_name, default in (("chunk_overlap", CHUNK_OVERLAP), ("chunk_unit", "chars"),
+                                        ("passage_score", "maxp")):  # fmt: skip
+                object.__setattr__(self, field_name, default)
+        if self.max_length is not None:
+            if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
+                raise ConfigError(f"max_length must be a whole number of tokens >= 1, got {self.max_length!r}.")
+            if not self.reranker:
+                object.__setattr__(self, "max_length", None)
+
+    @property
+    def passages(self) -> str:
+        """How documents are split, for names: ``""`` for whole documents."""
+        if self.chunk_size is None:
+            return ""
+        unit = "char" if self.chunk_unit == "chars" else "token"
+        overlap = "" if self.chunk_overlap == CHUNK_OVERLAP else f" overlap {self.chunk_overlap}"
+        return f", {self.chunk_size}-{unit} chunks{overlap}" + (", firstp" if self.passage_score == "firstp" else "")
 
     @property
     def first_stage(self) -> str:
@@ -143,7 +198,7 @@ class Pipeline:
         if self.retriever == "bm25":
             return "bm25"
         if self.retriever == "dense":
-            return f"dense({_short(self.embedder)})"
+            return f"dense({_short(self.embedder)}{self.passages})"
         weights = "" if self.fusion_weights == HYBRID_WEIGHTS else ", weights={:g}:{:g}".format(*self.fusion_weights)
         return f"hybrid({_short(self.embedder)}+bm25{weights})"
 
@@ -154,7 +209,10 @@ class Pipeline:
             return self.first_stage if self.k == FIRST_STAGE_DEPTH else f"{self.first_stage}(k={self.k})"
         dtype = "" if self.reranker_dtype == "float32" else f"[{self.reranker_dtype}]"
         truncated = ", truncated" if self.truncate else ""
-        return f"{self.first_stage} >> {_short(self.reranker)}{dtype}(k={self.k}, top_n={self.top_n}{truncated})"
+        length = "" if self.max_length is None else f", max_length={self.max_length}"
+        return (
+            f"{self.first_stage} >> {_short(self.reranker)}{dtype}(k={self.k}, top_n={self.top_n}{length}{truncated})"
+        )
 
     @property
     def depth(self) -> int:
@@ -164,7 +222,15 @@ class Pipeline:
     def own_first_stage(self) -> Pipeline:
         """The same first stage without reranking, at its full depth: what this pipeline's
         reranker is measured against."""
-        return Pipeline(self.retriever, self.embedder, fusion_weights=self.fusion_weights)
+        return Pipeline(
+            self.retriever,
+            self.embedder,
+            fusion_weights=self.fusion_weights,
+            chunk_size=self.chunk_size,
+            chunk_overlap=self.chunk_overlap,
+            chunk_unit=self.chunk_unit,
+            passage_score=self.passage_score,
+        )
 
 
 def grid(
@@ -178,10 +244,18 @@ def grid(
     fusion_weights: tuple[float, float] = HYBRID_WEIGHTS,
     reranker_dtypes: Sequence[str] = ("float32",),
     truncate: bool = False,
+    chunk_sizes: Sequence[int | None] = (None,),
+    chunk_overlap: int = CHUNK_OVERLAP,
+    chunk_unit: str = "chars",
+    passage_score: str = "maxp",
+    max_lengths: Sequence[int | None] = (None,),
 ) -> list[Pipeline]:
     """Every combination of first stage, reranker (``None`` = no reranking), k, top_n and
     reranker precision. First stages: each embedder's dense retriever, BM25 with ``bm25``, and
-    with ``hybrid`` each embedder fused with BM25 (``fusion_weights``: dense, BM25).
+    with ``hybrid`` each embedder fused with BM25 (``fusion_weights``: dense, BM25). Dense first
+    stages come once per ``chunk_sizes`` entry (``None``: whole documents; the others split into
+    passages with ``chunk_overlap``, ``chunk_unit`` and ``passage_score``), reranked ones once per
+    cross-encoder ``max_lengths`` entry (``None``: the model's maximum).
 
     First-stage-only pipelines appear once per first stage (k and top_n only matter to a
     reranker); combinations with ``top_n > k`` are left out (:func:`skipped_combinations`
@@ -198,19 +272,23 @@ def grid(
                     f"No reranked pipeline with k={k}: every top_n ({', '.join(map(str, top_ns))}) is more than "
                     f"the {k} candidates the reranker sees. Use top_n <= k, or a larger k."
                 )
-    stages = [("dense", e) for e in embedders] + ([("bm25", None)] if bm25 else [])
-    stages += [("hybrid", e) for e in embedders] if hybrid else []
+    stages = [("dense", e, c) for e in embedders for c in chunk_sizes] + ([("bm25", None, None)] if bm25 else [])
+    stages += [("hybrid", e, None) for e in embedders] if hybrid else []
     out: list[Pipeline] = []
-    for retriever, embedder in stages:
+    for retriever, embedder, chunk_size in stages:
+        first = {"retriever": retriever, "embedder": embedder, "fusion_weights": fusion_weights,
+                 "chunk_size": chunk_size, "chunk_overlap": chunk_overlap, "chunk_unit": chunk_unit,
+                 "passage_score": passage_score}  # fmt: skip
         for reranker in rerankers:
             if reranker is None:
-                out.append(Pipeline(retriever, embedder, fusion_weights=fusion_weights))
+                out.append(Pipeline(**first))
                 continue
             for k in ks:
                 for top_n in top_ns:
                     if top_n is None or top_n <= k:
-                        out += [Pipeline(retriever, embedder, reranker, k, top_n, d, truncate, fusion_weights)
-                                for d in reranker_dtypes]  # fmt: skip
+                        out += [Pipeline(**first, reranker=reranker, k=k, top_n=top_n, reranker_dtype=d,
+                                         truncate=truncate, max_length=length)
+                                for d in reranker_dtypes for length in max_lengths]  # fmt: skip
     return list(dict.fromkeys(out))
 
 
@@ -228,7 +306,8 @@ def skipped_combinations(ks: Sequence[int], top_ns: Sequence[int | None]) -> lis
 
 
 def _first_stage_key(p: Pipeline) -> tuple[Any, ...]:
-    return (p.retriever, p.embedder, p.fusion_weights if p.retriever == "hybrid" else None)
+    chunking = (p.chunk_size, p.chunk_overlap, p.chunk_unit, p.passage_score) if p.chunk_size else None
+    return (p.retriever, p.embedder, p.fusion_weights if p.retriever == "hybrid" else None, chunking)
 
 
 def experiment(
@@ -298,6 +377,12 @@ def experiment(
     if isinstance(base_index, bool) or not isinstance(base_index, int) or not 0 <= base_index < len(pipelines):
         raise ConfigError(f"Baseline {baseline!r} is not one of the pipelines: {names}.")
     measures = [str(m) for m in parse_measures(measures)]
+    if engine == "langchain" and any(p.chunk_size for p in pipelines):
+        raise ConfigError(
+            "engine='langchain' evaluates the documents LangChain's retrievers return, and on a passage index those "
+            "are passages: use engine='batched' (the default) for passage pipelines, which scores documents by "
+            "their passages."
+        )
     settings = RunSettings(
         measures=tuple(measures),
         baseline=base_index,
@@ -399,18 +484,20 @@ def _run_experiment(
         # prefix of the larger one's, so scoring the deepest pipeline of each reranker first
         # leaves the others nothing to score.
         scored: dict[str, float] = {}  # pair scores computed in this run, whatever `reuse` says
+        truncation: dict[str, dict[str, Any]] = {}  # reranked pipeline -> share of its pairs truncated
         throughput: dict[str, dict[str, Any]] = {}  # batched scoring passes timed in this run
         if settings.engine == "batched":
             deepest: dict[tuple[Any, ...], Pipeline] = {}
             for p in pipelines:
-                group = (*_first_stage_key(p), p.reranker, p.reranker_dtype)
+                group = (*_first_stage_key(p), p.reranker, p.reranker_dtype, p.max_length)
                 if p.reranker and (group not in deepest or p.k > deepest[group].k):
                     deepest[group] = p
             for p in deepest.values():
                 cands = [c[: p.depth] for c in candidates[_first_stage_key(p)]]
                 timing: dict[str, Any] = {}
                 _rerank_batched(p, cands, collection, query_ids, settings, pair_cache, scored, reuse=reuse,
-                                show_progress=show_progress, timing=timing)  # fmt: skip
+                                show_progress=show_progress, timing=timing,
+                                split=_passage_splitter(p, stages[_first_stage_key(p)], collection))  # fmt: skip
                 if timing and timing["pairs"] == timing["of"]:  # every pair scored now: a whole pass, timed
                     throughput[p.name] = {"pairs": timing["pairs"], "queries": len(query_ids),
                                           "seconds": timing["seconds"], "measured": now()}  # fmt: skip
@@ -419,6 +506,10 @@ def _run_experiment(
         for p in bar:
             bar.set_postfix_str(p.name)
             stage = stages[_first_stage_key(p)]
+            split = _passage_splitter(p, stage, collection)
+            if p.reranker:
+                truncation[p.name] = _truncation(p, [c[: p.depth] for c in candidates[_first_stage_key(p)]],
+                                                 collection, query_ids, settings.device, split)  # fmt: skip
             if settings.engine == "langchain":
                 run = _langchain_run(p, stage, collection, query_ids, settings)
             else:
@@ -434,6 +525,7 @@ def _run_experiment(
                         scored,
                         reuse=reuse,
                         show_progress=show_progress,
+                        split=split,
                     )
                 else:
                     run = {q: ranked_run(c) for q, c in zip(query_ids, cands)}
@@ -464,7 +556,10 @@ def _run_experiment(
     meta = _meta(collection, pipelines, settings)
     meta["latency_measured"] = latency_measured
     meta["throughput"] = throughput
+    meta["truncated_pairs"] = truncation
     meta["reused_result"] = False
+    for name, cut in truncation.items():
+        table.loc[name, "truncated_pairs"] = cut["share"]
     timings = pd.DataFrame(latency_rows, columns=["pipeline", "query_id", *_STAGES])
     return EvaluationResult(
         table=table, per_query=per_query, latency=_latency_table(latency_rows), runs=runs, meta=meta, timings=timings
@@ -505,6 +600,14 @@ def pool(results: Sequence[EvaluationResult], *, n_resamples: int = N_RESAMPLES,
     first_stages = {n: f for n, f in results[0].table["first_stage"].items() if isinstance(f, str)}
     table = aggregate(per_query, names, baseline=results[0].baseline, first_stages=first_stages, measures=measures,
                       n_resamples=n_resamples, seed=seed)  # fmt: skip
+    cuts = [r.meta.get("truncated_pairs", {}) for r in results]
+    truncation = {}
+    for name in names:
+        if all(name in cut for cut in cuts):  # pair-weighted, like the pooled queries
+            pairs = sum(cut[name]["pairs"] for cut in cuts)
+            share = sum(cut[name]["share"] * cut[name]["pairs"] for cut in cuts) / pairs
+            truncation[name] = {"share": share, "pairs": pairs}
+            table.loc[name, "truncated_pairs"] = share
     timings = pd.concat(
         [r.timings.assign(query_id=r.meta["collection"] + "/" + r.timings["query_id"]) for r in results],
         ignore_index=True,
@@ -521,6 +624,7 @@ def pool(results: Sequence[EvaluationResult], *, n_resamples: int = N_RESAMPLES,
         n_docs=sum(r.meta["n_docs"] for r in results),
         measures=measures,
         pooled=[{"collection": c, "n_queries": r.meta["n_queries"]} for c, r in zip(collections, results)],
+        truncated_pairs=truncation,
         latency_measured={n: t for r in results for n, t in r.meta.get("latency_measured", {}).items()},
         reused_result=all(r.meta.get("reused_result") for r in results),
     )
@@ -540,11 +644,11 @@ def _build_first_stage(
     the grid has them already (and are added to it). Dense indexes go on ``client`` if given."""
     from ragkit.retrievers import BM25Retriever, build_chroma_index
 
-    retriever, embedder, weights = key
+    retriever, embedder, weights, chunking = key
     if retriever == "hybrid":
         from ragkit.hybrid import HybridRetriever
 
-        parts = [("dense", embedder, None), ("bm25", None, None)]
+        parts = [("dense", embedder, None, None), ("bm25", None, None, None)]
         for part in parts:
             if part not in built:
                 built[part] = _build_first_stage(collection, part, device, show_progress, built, client)
@@ -552,8 +656,13 @@ def _build_first_stage(
     documents = collection.documents()
     if retriever == "bm25":
         return BM25Retriever.from_documents(documents)
+    passages = {}
+    if chunking is not None:
+        size, overlap, unit, score = chunking
+        passages = {"chunk_size": size, "chunk_overlap": overlap, "chunk_unit": unit,
+                    "first_passage_only": score == "firstp"}  # fmt: skip
     return build_chroma_index(
-        documents, embedder, model_kwargs={"device": device}, client=client, show_progress=show_progress
+        documents, embedder, model_kwargs={"device": device}, client=client, show_progress=show_progress, **passages
     )
 
 
@@ -596,6 +705,48 @@ def _first_stage_run(
     return hits
 
 
+def _reranked_pairs(
+    p: Pipeline, cands: Hits, collection: BeirCollection, query_ids: list[str], split: Any
+) -> tuple[list[tuple[str, str]], list[tuple[int, int]]]:
+    """The (query, passage) pairs a reranked pipeline scores, and whose they are: (query
+    position, candidate rank). Only the top k are reranked; deeper candidates keep their order."""
+    pairs, owners = [], []
+    for i, (q, hits) in enumerate(zip(query_ids, cands)):
+        for rank, (d, _) in enumerate(hits[: p.k]):
+            for text in split(d) if split is not None else [collection.text(d)]:
+                pairs.append((collection.queries[q], text))
+                owners.append((i, rank))
+    return pairs, owners
+
+
+def _truncation(
+    p: Pipeline, cands: Hits, collection: BeirCollection, query_ids: list[str], device: str, split: Any
+) -> dict[str, Any]:
+    """The share of a reranked pipeline's pairs longer than its cross-encoder reads."""
+    pairs, _ = _reranked_pairs(p, cands, collection, query_ids, split)
+    mask = truncation_mask(_reranker(p, device), pairs, p.max_length)
+    return {"share": float(mask.mean()) if len(mask) else 0.0, "pairs": len(pairs)}
+
+
+def _passage_splitter(p: Pipeline, stage: Any, collection: BeirCollection) -> Any:
+    """For a passage pipeline, doc id -> its passages, split as its index split them (and
+    remembered: a document reranked for many queries is split once); else ``None``."""
+    if p.chunk_size is None:
+        return None
+    from ragkit.retrievers import embedder_tokenizer, passages, text_splitter
+
+    tokenizer = embedder_tokenizer(stage.embeddings) if p.chunk_unit == "tokens" else None
+    splitter = text_splitter(p.chunk_size, p.chunk_overlap, tokenizer=tokenizer)
+    memo: dict[str, list[str]] = {}
+
+    def split(doc_id: str) -> list[str]:
+        if doc_id not in memo:
+            memo[doc_id] = passages(collection.text(doc_id), splitter, first_only=p.passage_score == "firstp")
+        return memo[doc_id]
+
+    return split
+
+
 def _reranker(p: Pipeline, device: str) -> Any:
     return load_reranker(p.reranker, device, p.reranker_dtype)
 
@@ -612,25 +763,29 @@ def _rerank_batched(
     reuse: bool,
     show_progress: bool,
     timing: dict[str, Any] | None = None,
+    split: Any = None,
 ) -> Run:
     """Every query's candidates scored as one pooled stream, longest pairs first, committed to
     the pair-score cache chunk by chunk so an interrupted run resumes where it stopped.
     ``scored`` holds the scores this run computed (keyed by model and pair); the on-disk cache
     is read only with ``reuse``. ``timing`` receives how many pairs were scored now, of how
-    many, in how many seconds (model load excluded)."""
+    many, in how many seconds (model load excluded). ``split`` turns a document id into its
+    passages (a passage pipeline; each document then scores as its best passage's logit)."""
     from tqdm.auto import tqdm
 
     model = _reranker(p, settings.device)
-    model_key = digest(
+    key_parts: list[Any] = [
         p.reranker,
         model_state(p.reranker),
         settings.device,
         model.client.max_seq_length,
         FORMATS["scoring"],
         p.reranker_dtype,
-    )
-    # Only the top k are reranked; the deeper candidates (down to p.depth) keep their order.
-    pairs = [(collection.queries[q], collection.text(d)) for q, hits in zip(query_ids, cands) for d, _ in hits[: p.k]]
+    ]
+    if p.max_length is not None:  # only then: scores cached at the model's own length stay valid
+        key_parts.append(("max_length", p.max_length))
+    model_key = digest(*key_parts)
+    pairs, owners = _reranked_pairs(p, cands, collection, query_ids, split)
     keys = [PairScoreCache.pair_key(*pair) for pair in pairs]
     known = pair_cache.get(model_key, keys) if reuse else {}
     known.update((k, scored[model_key + k]) for k in keys if model_key + k in scored)
@@ -638,14 +793,15 @@ def _rerank_batched(
     if todo:
         # The same longest-first order score_pairs uses, cut into chunks of whole batches, so
         # the batches (and so the scores, to the last bit) are those of a single call.
-        lengths = token_lengths(model, [pairs[i] for i in todo])
+        lengths = token_lengths(model, [pairs[i] for i in todo], p.max_length)
         todo = [todo[j] for j in np.argsort(-lengths, kind="stable")]
         chunk = max(1, SCORE_CHUNK // settings.batch_size) * settings.batch_size
         start_time = time.perf_counter()
         with tqdm(total=len(todo), desc="scoring pairs", unit="pair", disable=not show_progress) as bar:
             for start in range(0, len(todo), chunk):
                 part = todo[start : start + chunk]
-                logits = score_pairs(model, [pairs[i] for i in part], batch_size=settings.batch_size, raw=True)
+                logits = score_pairs(model, [pairs[i] for i in part], batch_size=settings.batch_size, raw=True,
+                                     max_length=p.max_length)  # fmt: skip
                 fresh = {keys[i]: float(s) for i, s in zip(part, logits)}
                 pair_cache.put(model_key, fresh)
                 known.update(fresh)
@@ -653,11 +809,14 @@ def _rerank_batched(
                 bar.update(len(part))
         if timing is not None:
             timing.update(pairs=len(todo), of=len(keys), seconds=time.perf_counter() - start_time)
+    # A document's logit is its best passage's (MaxP; a FirstP pipeline has only the first).
+    best: dict[tuple[int, int], float] = {}
+    for owner, key in zip(owners, keys):
+        best[owner] = max(best.get(owner, -math.inf), known[key])
     run: Run = {}
-    flat = iter(keys)
-    for q, hits in zip(query_ids, cands):
-        scored = [(d, known[next(flat)]) for d, _ in hits[: p.k]]
-        run[q] = reranked_run(scored, hits[p.k :], keep=p.top_n if p.truncate else None)
+    for i, (q, hits) in enumerate(zip(query_ids, cands)):
+        reranked = [(d, best[(i, rank)]) for rank, (d, _) in enumerate(hits[: p.k])]
+        run[q] = reranked_run(reranked, hits[p.k :], keep=p.top_n if p.truncate else None)
     return run
 
 
@@ -796,6 +955,7 @@ def _time_pipeline(
 ) -> list[dict[str, Any]]:
     """Serve queries one at a time, uncached, and time each stage, as a user's app would."""
     model = _reranker(p, settings.device) if p.reranker else None
+    split = _passage_splitter(p, stage, collection)
     rows = []
     for q in query_ids:
         text = collection.queries[q]
@@ -820,11 +980,16 @@ def _time_pipeline(
         else:
             hits = stage.search([text], p.k)[0]
             row["bm25 search"] = time.perf_counter() - t0
+        splitting = 0.0
         if model is not None:
+            # A RAG system stores its passages: splitting them here is left out of the timings.
             t4 = time.perf_counter()
-            score_pairs(model, [(text, collection.text(d)) for d, _ in hits], batch_size=settings.batch_size)
-            row["rerank"] = time.perf_counter() - t4
-        row["total"] = time.perf_counter() - t0
+            texts = [t for d, _ in hits for t in (split(d) if split else [collection.text(d)])]
+            t5 = time.perf_counter()
+            splitting = t5 - t4
+            score_pairs(model, [(text, t) for t in texts], batch_size=settings.batch_size, max_length=p.max_length)
+            row["rerank"] = time.perf_counter() - t5
+        row["total"] = time.perf_counter() - t0 - splitting
         rows.append(row)
     return rows
 

@@ -156,6 +156,11 @@ def verdict(result: EvaluationResult) -> str:
             text += " (80% power)."
         else:
             text += " There are too few queries to say what this comparison could detect."
+        share = row.get("truncated_pairs", float("nan"))
+        if pd.notna(share) and share > 0:
+            limit = f"the {p['max_length']} tokens" if p.get("max_length") else "what"
+            text += f" {share:.0%} of its (query, passage) pairs were longer than {limit} the cross-encoder reads, "
+            text += "and were truncated."
         rerank, first = _ms(result.latency, name, "rerank"), _ms(result.latency, first_stage, "total")
         if rerank is not None:
             text += (f" Reranking adds {_milliseconds(rerank[0])} per query (median of {rerank[1]} queries served one "
@@ -286,16 +291,21 @@ class EvaluationResult:
 
     def own_table(self, measures: str | Sequence[str] | None = None) -> pd.DataFrame:
         """Each reranked pipeline against its own first stage alone, one row per pipeline and
-        measure: delta, CI, Holm-corrected p, W/T/L, MDE and queries needed for the delta."""
+        measure: delta, CI, Holm-corrected p, W/T/L, MDE and queries needed for the delta, and
+        the share of its (query, passage) pairs longer than the cross-encoder reads (truncated)."""
         measures = self._chosen(measures)
         rows = []
         for name, row in self.table.iterrows():
             first_stage = row.get("first_stage")
             if not isinstance(first_stage, str):
                 continue
+            truncated = {}
+            if "truncated_pairs" in row:  # measured whenever pairs were scored
+                share = row["truncated_pairs"]
+                truncated["pairs truncated"] = f"{share:.1%}" if pd.notna(share) else "-"
             for m in measures:
                 rows.append({"pipeline": name, "first stage": first_stage, "measure": m,
-                             **_comparison_cells(row, f"{m} own", m)})  # fmt: skip
+                             **_comparison_cells(row, f"{m} own", m), **truncated})  # fmt: skip
         return pd.DataFrame(rows)
 
     def verdict(self) -> str:

@@ -181,8 +181,8 @@ def check_chunking(chunk_size: int | None, chunk_overlap: int, chunk_unit: str =
     if chunk_overlap >= chunk_size:
         raise ConfigError(
             f"chunk_overlap ({chunk_overlap}) must be less than chunk_size ({chunk_size}): consecutive chunks would "
-            f"share everything. Use a larger chunk size or a smaller overlap (e.g. --chunk-overlap "
-            f"{max(0, chunk_size // 8)})."
+            f"share everything. Use a larger chunk size or a smaller overlap (chunk_overlap, --chunk-overlap; "
+            f"e.g. {max(0, chunk_size // 8)})."
         )
 
 

@@ -1,0 +1,40 @@
+"""The README's layout table is the package's map: it lists every module, and a module imports
+only modules listed above it (at module level or inside functions), so imports run one way."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _layout_order() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Layout") :]
+    return [name for row in re.findall(r"^\| `ragkit/(\w+)\.py`", table, re.M) for name in [row]]
+
+
+def _ragkit_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ragkit."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("ragkit.")}
+    return found
+
+
+def test_every_module_is_on_the_map_and_imports_only_modules_above_it():
+    order = _layout_order()
+    modules = sorted(p.stem for p in (ROOT / "ragkit").glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert sorted(order[1:]) == modules  # the first row is __init__.py
+    position = {name: i for i, name in enumerate(order)}
+    upward = [
+        f"{module} imports {imported}"
+        for module in modules
+        for imported in _ragkit_imports(ROOT / "ragkit" / f"{module}.py")
+        if imported in position and position[imported] > position[module]
+    ]
+    assert not upward, upward

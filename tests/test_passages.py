@@ -1,0 +1,149 @@
+"""Passage pipelines, as RAG systems index documents: a chunked index, a reranker scoring
+(query, passage) pairs, documents scored by their best (MaxP) or first (FirstP) passage, and the
+cross-encoder's max_length with the share of pairs it truncates."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragkit import Pipeline, experiment, grid
+from ragkit.cli import main
+from ragkit.errors import ConfigError
+from ragkit.rerank import load_reranker, score_pairs, truncation_mask
+from ragkit.retrievers import passages, text_splitter
+
+KW = {"latency_queries": 0, "show_progress": False, "n_resamples": 100}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"chunk_size": 40, "chunk_overlap": 50}, r"chunk_overlap \(50\) must be less than chunk_size \(40\)"),
+        ({"chunk_size": 0}, "chunk_size must be a whole number"),
+        ({"chunk_size": 100, "chunk_unit": "words"}, "chunk_unit must be one of chars, tokens"),
+        ({"chunk_size": 100, "passage_score": "meanp"}, "passage_score must be one of maxp, firstp"),
+        ({"retriever": "bm25", "chunk_size": 100}, "Passages .chunk_size. are for dense pipelines"),
+        ({"reranker": "x", "max_length": 0}, "max_length must be a whole number of tokens"),
+    ],
+)
+def test_bad_passage_options_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Pipeline(**kwargs)
+
+
+def test_passage_pipelines_are_named_for_their_passages_and_judged_against_the_same_first_stage():
+    p = Pipeline(reranker="cross-encoder/ms-marco-MiniLM-L-12-v2", chunk_size=400, max_length=256)
+    assert p.name == (
+        "dense(all-MiniLM-L6-v2, 400-char chunks) >> ms-marco-MiniLM-L-12-v2(k=20, top_n=20, max_length=256)"
+    )
+    assert p.own_first_stage() == Pipeline(chunk_size=400)
+    first = Pipeline(chunk_size=128, chunk_overlap=16, chunk_unit="tokens", passage_score="firstp")
+    assert first.name == "dense(all-MiniLM-L6-v2, 128-token chunks overlap 16, firstp)"
+    # Without passages the passage options mean nothing and cannot make pipelines differ.
+    assert Pipeline(chunk_overlap=10, passage_score="firstp") == Pipeline()
+    names = [p.name for p in grid(rerankers=[None], chunk_sizes=[None, 300], bm25=True)]
+    assert names == ["dense(all-MiniLM-L6-v2)", "dense(all-MiniLM-L6-v2, 300-char chunks)", "bm25"]
+
+
+@pytest.mark.parametrize("passage_score", ["maxp", "firstp"])
+def test_a_document_scores_as_its_best_or_first_passage(
+    demo, tiny_embedder_path, spread_cross_encoder_path, cache, passage_score
+):
+    p = Pipeline(embedder=tiny_embedder_path, reranker=spread_cross_encoder_path, k=5, chunk_size=120,
+                 chunk_overlap=20, passage_score=passage_score)  # fmt: skip
+    result = experiment(demo, [p], **KW)
+    splitter = text_splitter(120, 20)
+    model = load_reranker(spread_cross_encoder_path, "cpu")
+    first_stage = result.runs[p.own_first_stage().name]
+    split_some = False
+    for q, run in result.runs[p.name].items():
+        candidates = list(first_stage[q])[:5]
+        expected = {}
+        for d in candidates:
+            texts = passages(demo.text(d), splitter, first_only=passage_score == "firstp")
+            split_some |= len(passages(demo.text(d), splitter)) > 1
+            logits = score_pairs(model, [(demo.queries[q], t) for t in texts], raw=True)
+            expected[d] = max(logits)
+        reranked = list(run)[:5]
+        assert set(reranked) == set(candidates)
+        assert reranked == sorted(candidates, key=lambda d: -expected[d])  # distinct logits: one order
+    assert split_some  # the test means something only if documents really were split
+
+
+def test_a_passage_index_ranks_documents_not_chunks(demo, tiny_embedder_path, cache):
+    result = experiment(demo, [Pipeline(embedder=tiny_embedder_path, chunk_size=100, chunk_overlap=10)], **KW)
+    for run in result.runs.values():
+        for docs in run.values():
+            assert len(docs) == len(demo.corpus) and set(docs) <= set(demo.corpus)
+
+
+def test_token_chunks_fit_the_embedders_tokens(demo, tiny_embedder_path, cache):
+    from ragkit.loaders import HuggingFaceEmbeddingsLoader
+    from ragkit.retrievers import build_chroma_index, embedder_tokenizer
+
+    index = build_chroma_index(demo.documents(), tiny_embedder_path, chunk_size=24, chunk_overlap=4,
+                               chunk_unit="tokens", show_progress=False)  # fmt: skip
+    tokenizer = embedder_tokenizer(HuggingFaceEmbeddingsLoader(tiny_embedder_path))
+    stored = index._collection.get(include=["documents"])["documents"]
+    assert len(stored) > len(demo.corpus)
+    assert max(len(tokenizer.encode(t, add_special_tokens=False)) for t in stored) <= 24
+
+
+def test_the_share_of_truncated_pairs_is_measured_and_reported(
+    demo, tiny_embedder_path, tiny_cross_encoder_path, cache
+):
+    short = Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=4, max_length=16)
+    whole = Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=4)
+    result = experiment(demo, [whole, short], **KW)
+    model = load_reranker(tiny_cross_encoder_path, "cpu")
+    first = result.runs[whole.own_first_stage().name]
+    pairs = [(demo.queries[q], demo.text(d)) for q in sorted(demo.queries) for d in list(first[q])[:4]]
+    expected = float(truncation_mask(model, pairs, 16).mean())
+    assert expected > 0.5  # demo documents are longer than 16 tokens
+    assert result.table.loc[short.name, "truncated_pairs"] == pytest.approx(expected)
+    assert result.table.loc[whole.name, "truncated_pairs"] == pytest.approx(float(truncation_mask(model, pairs).mean()))
+    own = result.own_table("nDCG@10").set_index("pipeline")
+    assert own.loc[short.name, "pairs truncated"] == f"{expected:.1%}"
+    assert f"{expected:.0%} of its (query, passage) pairs were longer than the 16 tokens" in result.verdict()
+
+
+def test_a_k_sweep_over_passages_scores_each_pair_once(demo, tiny_embedder_path, tiny_cross_encoder_path, cache,
+                                                       scored_pairs):  # fmt: skip
+    pipelines = [Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=k, chunk_size=120,
+                          chunk_overlap=20) for k in (3, 6)]  # fmt: skip
+    experiment(demo, pipelines, **KW)
+    splitter = text_splitter(120, 20)
+    first = experiment(demo, [pipelines[0].own_first_stage()], **KW).runs[pipelines[0].own_first_stage().name]
+    expected = {(demo.queries[q], t) for q in demo.queries for d in list(first[q])[:6]
+                for t in passages(demo.text(d), splitter)}  # fmt: skip
+    assert sum(scored_pairs) == len(expected)
+
+
+def test_the_langchain_engine_refuses_passage_pipelines(demo, tiny_embedder_path):
+    with pytest.raises(ConfigError, match="engine='batched'"):
+        experiment(demo, [Pipeline(embedder=tiny_embedder_path, chunk_size=100)], engine="langchain", **KW)
+
+
+def test_cli_evaluates_passages_and_max_lengths(tiny_embedder_path, tiny_cross_encoder_path, cache, tmp_path, capsys):
+    code = main(["eval", "--dataset", "demo", "--queries", "0", "--embedders", tiny_embedder_path, "--rerankers",
+                 "none", tiny_cross_encoder_path, "--k", "5", "--chunk-sizes", "none", "150", "--chunk-overlap", "20",
+                 "--max-lengths", "none", "32", "--latency-queries", "2", "--output", str(tmp_path / "r")])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "150-char chunks overlap 20) >> " in printed
+    assert "max_length=32" in printed and "pairs truncated" in printed
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--chunk-sizes", "40", "--chunk-overlap", "50"], "--chunk-overlap"),
+        (["--chunk-sizes", "many"], "--chunk-sizes takes whole numbers"),
+        (["--max-lengths", "0"], "--max-lengths takes whole numbers"),
+    ],
+)
+def test_cli_refuses_bad_passage_options_before_any_work(args, message, tmp_path, capsys, cache):
+    code = main(["eval", "--dataset", "demo", "--output", str(tmp_path / "new" / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err
+    assert not (tmp_path / "new").exists() and not cache.exists()
