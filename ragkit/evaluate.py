@@ -182,6 +182,13 @@ class Pipeline:
             if not self.reranker:
                 object.__setattr__(self, "max_length", None)
 
+    def identity(self) -> dict[str, Any]:
+        """What cache keys know of the pipeline: its fields, less those at their defaults among
+        the options added after its first ones, so that adding an option keeps every cached
+        result and timing of the pipelines that do not use it."""
+        fields = asdict(self)
+        return {k: v for k, v in fields.items() if k not in _LATER_DEFAULTS or v != _LATER_DEFAULTS[k]}
+
     @property
     def passages(self) -> str:
         """How documents are split, for names: ``""`` for whole documents."""
@@ -231,6 +238,17 @@ class Pipeline:
             chunk_unit=self.chunk_unit,
             passage_score=self.passage_score,
         )
+
+
+# Pipeline options added after the first ones, with their defaults (see Pipeline.identity).
+_LATER_DEFAULTS: dict[str, Any] = {
+    "fusion_weights": HYBRID_WEIGHTS,
+    "chunk_size": None,
+    "chunk_overlap": CHUNK_OVERLAP,
+    "chunk_unit": "chars",
+    "passage_score": "maxp",
+    "max_length": None,
+}
 
 
 def grid(
@@ -440,7 +458,7 @@ def _result_key(collection: BeirCollection, pipelines: list[Pipeline], settings:
         collection.fingerprint(),
         sorted(collection.queries.items()),
         sorted((q, sorted(d.items())) for q, d in collection.qrels.items()),
-        [asdict(p) for p in pipelines],
+        [p.identity() for p in pipelines],
         asdict(settings),
         machine_state(settings.device),
         {m: model_state(m) for m in models},
@@ -922,7 +940,7 @@ def _pipeline_latency(
     key = digest(
         "latency",
         FORMATS["latency"],
-        {**asdict(p), "top_n": None},
+        {**p.identity(), "top_n": None},
         stage.fingerprint,
         [(q, collection.queries[q]) for q in query_ids],
         machine_state(settings.device),

@@ -147,3 +147,13 @@ def test_cli_refuses_bad_passage_options_before_any_work(args, message, tmp_path
     err = capsys.readouterr().err
     assert code == 2 and message in err
     assert not (tmp_path / "new").exists() and not cache.exists()
+
+
+def test_options_at_their_defaults_leave_cache_keys_as_they_were():
+    # The keys of pipelines that use none of the later options are those of the first seven
+    # fields, so that results, runs and timings cached before the options existed stay valid.
+    assert list(Pipeline(reranker="x").identity()) == [
+        "retriever", "embedder", "reranker", "k", "top_n", "reranker_dtype", "truncate"
+    ]  # fmt: skip
+    assert Pipeline(reranker="x", chunk_size=300, max_length=128).identity()["chunk_size"] == 300
+    assert Pipeline(reranker="x", max_length=128).identity()["max_length"] == 128
