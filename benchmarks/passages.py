@@ -2,8 +2,9 @@
 
 RAG systems index passages, not whole documents: all-MiniLM-L6-v2 reads only the first 256
 tokens of a document and the cross-encoder the first 512 of a (query, document) pair, and
-SciFact and NFCorpus abstracts run longer. This benchmark evaluates, on each collection's query
-sample over its whole corpus:
+SciFact and NFCorpus abstracts run longer. This benchmark evaluates, on each collection (by
+default a ragkit subset of 50 queries and about 1,000 documents, so that passages of every
+document can be embedded in minutes; ``--docs 0`` uses the whole corpus with a query sample):
 
 - the dense first stage on whole documents and on 400-character passages (50 overlapping, the
   tutorial's splitting; a document scores as its best passage, MaxP);
@@ -11,12 +12,13 @@ sample over its whole corpus:
   every candidate (more, shorter pairs), and on whole documents with ``max_length`` 256 too;
 
 and reports nDCG@10, each reranker's change against its own first stage (95% CI, p), the pairs
-scored per query, the share of pairs truncated, and the scoring seconds per query of the batched
-path (a throughput, timed only when every pair was scored in this run). Results pool the
+scored per query, the share of pairs truncated, and the tokens the cross-encoder reads per
+query (its cost on any machine; benchmarks/rerank_cost.py times tokens on this one). Results pool the
 collections too. Everything goes to ``benchmarks/results/passages-cpu.json`` and ``.md``, which
 notebooks 02 and 03 show.
 
-    python benchmarks/passages.py                      # SciFact + NFCorpus, 50 queries each (~40 min, 2 CPU cores)
+    python benchmarks/passages.py                      # SciFact + NFCorpus subsets (~20 min, 2 CPU cores)
+    python benchmarks/passages.py --docs 0             # whole corpora, 50 sampled queries (~1 h)
     python benchmarks/passages.py --dataset demo --queries 0 --output-dir /tmp/passages
 """
 
@@ -30,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from ragkit import Pipeline, experiment, load_beir
-from ragkit.data import sample_queries
+from ragkit.data import make_subset, sample_queries
 from ragkit.evaluate import pool
 from ragkit.provenance import device_description, machine_state, now, versions
+from ragkit.rerank import load_reranker, token_lengths
 from ragkit.results import markdown_table
+from ragkit.retrievers import passages, text_splitter
 from ragkit.settings import DEFAULT_EMBEDDER, DEFAULT_RERANKER
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,11 +56,25 @@ def pipelines(embedder: str = DEFAULT_EMBEDDER, reranker: str = DEFAULT_RERANKER
     ]
 
 
-def rows(result: Any, grid: list[Pipeline], collection: str) -> list[dict[str, Any]]:
+def tokens_read(result: Any, collection: Any, p: Pipeline) -> int:
+    """The tokens a reranked pipeline's cross-encoder reads over all queries: every (query,
+    passage) pair of its top k candidates, each cut to its max_length. What a forward pass costs
+    grows with it, on any machine."""
+    split = text_splitter(p.chunk_size, p.chunk_overlap) if p.chunk_size else None
+    first_stage = result.runs[p.own_first_stage().name]
+    pairs = [
+        (collection.queries[q], text)
+        for q in collection.queries
+        for d in list(first_stage[q])[: p.k]
+        for text in (passages(collection.text(d), split) if split else [collection.text(d)])
+    ]
+    return int(token_lengths(load_reranker(p.reranker, "cpu"), pairs, p.max_length).sum())
+
+
+def rows(result: Any, grid: list[Pipeline], collection: str, tokens: dict[str, int]) -> list[dict[str, Any]]:
     """One row per pipeline: what it scores, what reranking changed, what it cost."""
     out = []
     truncated = result.meta.get("truncated_pairs", {})
-    throughput = result.meta.get("throughput", {})
     for p in grid:
         row = result.table.loc[p.name]
         entry: dict[str, Any] = {
@@ -66,8 +84,14 @@ def rows(result: Any, grid: list[Pipeline], collection: str) -> list[dict[str, A
             "max_length": p.max_length,
             "queries": result.meta["n_queries"],
             "ndcg@10": round(float(row["nDCG@10"]), 4),
-            "ndcg@10_ci": [round(float(row["nDCG@10 ci_low"]), 4), round(float(row["nDCG@10 ci_high"]), 4)],
+            "ndcg@10_ci": [round(float(row["nDCG@10 mean_ci_low"]), 4), round(float(row["nDCG@10 mean_ci_high"]), 4)],
         }
+        if not row["baseline"]:  # against the first pipeline: the dense retriever on whole documents
+            entry.update(
+                vs_whole=round(float(row["nDCG@10 delta"]), 4),
+                vs_whole_ci=[round(float(row["nDCG@10 ci_low"]), 4), round(float(row["nDCG@10 ci_high"]), 4)],
+                vs_whole_p_holm=float(row["nDCG@10 p_perm_holm"]),
+            )
         if p.reranker:
             entry.update(
                 first_stage=p.own_first_stage().name,
@@ -76,23 +100,22 @@ def rows(result: Any, grid: list[Pipeline], collection: str) -> list[dict[str, A
                 gain_p=float(row["nDCG@10 own p_perm"]),
                 pairs_per_query=round(truncated[p.name]["pairs"] / result.meta["n_queries"], 1),
                 truncated_share=round(truncated[p.name]["share"], 4),
+                tokens_per_query=round(tokens[p.name] / result.meta["n_queries"]),
             )
-            timed = throughput.get(p.name)
-            if timed:
-                entry["scoring_s_per_query"] = round(timed["seconds"] / timed["queries"], 2)
-                entry["pairs_per_s"] = round(timed["pairs"] / timed["seconds"], 1)
         out.append(entry)
     return out
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The stored results as a Markdown page: provenance, then one table."""
-    columns = ["collection", "pipeline", "queries", "ndcg@10", "gain", "gain_ci", "gain_p", "pairs_per_query",
-               "truncated_share", "scoring_s_per_query"]  # fmt: skip
+    columns = ["collection", "pipeline", "queries", "ndcg@10", "vs_whole", "vs_whole_ci", "vs_whole_p_holm", "gain",
+               "gain_ci", "gain_p", "pairs_per_query", "truncated_share", "tokens_per_query"]  # fmt: skip
     import pandas as pd
 
     table = pd.DataFrame(report["rows"]).reindex(columns=columns)
-    for column in ("gain_ci",):
+    for column in ("gain_p", "vs_whole_p_holm"):
+        table[column] = table[column].map(lambda v: f"{v:.2g}" if v == v else "")
+    for column in ("gain_ci", "vs_whole_ci"):
         table[column] = table[column].map(lambda v: f"[{v[0]:+.3f}, {v[1]:+.3f}]" if isinstance(v, list) else "")
     table = table.astype(object).where(table.notna(), "")
     p = report["parameters"]
@@ -104,11 +127,17 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Parameters: `{json.dumps(p)}`",
         "",
+        "`vs_whole` is the change against the dense retriever on whole documents (95% CI, Holm-corrected p); "
         "`gain` is each reranker's nDCG@10 change against its own first stage (95% CI by inverting the paired "
         "randomization test, `gain_p` its p-value); `pairs_per_query` what it scores per query; `truncated_share` "
-        "the share of those pairs longer than the cross-encoder reads; `scoring_s_per_query` the batched path's "
-        "seconds per query, where every pair was scored in this run. Query samples over the whole corpus: "
-        "scores estimate the full splits', with the intervals shown.",
+        "the share of those pairs longer than the cross-encoder reads; `tokens_per_query` the tokens it reads per "
+        "query (its cost, on any machine: a forward pass's work grows at least linearly with them). "
+        + (
+            f"Subsets of {p['docs']} documents with BM25 hard negatives: compare the pipelines with each other, "
+            "not with full-split scores."
+            if p["docs"]
+            else "Query samples over the whole corpus: scores estimate the full splits', with the intervals shown."
+        ),
         "",
         markdown_table(table),
         "",
@@ -119,28 +148,34 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", nargs="+", default=["scifact", "nfcorpus"])
-    parser.add_argument("--queries", type=int, default=50, help="sampled queries per collection (0: all)")
+    parser.add_argument("--queries", type=int, default=50, help="queries per collection (0: all)")
+    parser.add_argument("--docs", type=int, default=1000, help="subset documents (0: the whole corpus)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     start, load = time.perf_counter(), round(os.getloadavg()[0], 2)
     grid = pipelines()
-    results, table = [], []
+    results, table, totals = [], [], {}
     for name in args.dataset:
         collection = load_beir(name)
-        if args.queries:
+        if args.docs:
+            collection = make_subset(collection, args.queries or len(collection.queries), n_docs=args.docs, seed=0)
+        elif args.queries:
             collection = sample_queries(collection, args.queries, seed=0)
         result = experiment(collection, grid, measures=["nDCG@10", "R@100"], device=args.device, latency_queries=0)
         results.append(result)
-        table += rows(result, grid, name)
+        tokens = {p.name: tokens_read(result, collection, p) for p in grid if p.reranker}
+        totals = {n: totals.get(n, 0) + t for n, t in tokens.items()}
+        table += rows(result, grid, name, tokens)
         print(result.verdict(), "\n", flush=True)
     if len(results) > 1:
-        table += rows(pool(results), grid, " + ".join(args.dataset))
+        table += rows(pool(results), grid, " + ".join(args.dataset), totals)
     meta = results[0].meta
     report = {
         "parameters": {
             "datasets": args.dataset,
             "queries": args.queries,
+            "docs": args.docs,
             "chunk_size": CHUNK_SIZE,
             "chunk_overlap": CHUNK_OVERLAP,
             "k": K,

@@ -157,3 +157,20 @@ def test_options_at_their_defaults_leave_cache_keys_as_they_were():
     ]  # fmt: skip
     assert Pipeline(reranker="x", chunk_size=300, max_length=128).identity()["chunk_size"] == 300
     assert Pipeline(reranker="x", max_length=128).identity()["max_length"] == 128
+
+
+def test_the_readme_states_the_committed_passage_measurements():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = json.loads((root / "benchmarks" / "results" / "passages-cpu.json").read_text())["rows"]
+    pooled = {r["pipeline"]: r for r in rows if "+" in r["collection"]}
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("- **What passages did**") : readme.index("- **A Chroma server**")]
+    for row in pooled.values():
+        if ">>" in row["pipeline"]:
+            assert f"{row['gain']:+.3f}" in section and f"{row['tokens_per_query']:,}" in section
+            assert f"{row['truncated_share']:.1%}" in section or row["truncated_share"] == 0
+        elif "vs_whole" in row:
+            assert f"{row['vs_whole']:+.3f}" in section and f"p {row['vs_whole_p_holm']:.2f}" in section
