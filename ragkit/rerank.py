@@ -20,6 +20,11 @@ and any other ``model.client.predict`` call too. A fast tokenizer keeps its trun
 as shared state, so without the lock two threads scoring with different ``max_length`` s
 would truncate with each other's.
 
+Devices: ``score_pairs(..., devices=["cuda:0", "cuda:1"])`` (or ``["cpu", "cpu"]``) scores in
+sentence-transformers' multi-process pool, one worker process per device, with the batches,
+and so the scores, of one process; ``ragkit.loaders.multi_process_pool`` keeps the workers
+open across many calls.
+
 Example::
 
     from ragkit import HuggingFaceRerankerLoader
@@ -53,6 +58,8 @@ from ragkit.loaders import (
     HuggingFaceRerankerLoader,
     PlainCrossEncoder,
     TransformersRerankerLoader,
+    check_devices,
+    multi_process_pool,
     predict_lock,
     resolve_device,
 )
@@ -156,6 +163,7 @@ def score_pairs(
     max_length: int | None = None,
     raw: bool = False,
     show_progress: bool = False,
+    devices: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Relevance of each ``(query, passage)`` pair: the single entry point ragkit scores through.
 
@@ -176,6 +184,15 @@ def score_pairs(
             never modified and concurrent callers with other lengths do not interfere.
         raw: return logits instead of their sigmoid.
         show_progress: show a progress bar over batches.
+        devices: score in worker processes, one per device, e.g. ``["cuda:0", "cuda:1"]`` or
+            ``["cpu", "cpu"]`` (checked before anything else, by
+            ``ragkit.loaders.check_devices``). The workers are started for this call and
+            stopped after it, unless a ``ragkit.loaders.multi_process_pool`` block on the same
+            model and devices is open: then its workers do the work, and many calls pay the
+            start-up (seconds) once. Each worker scores whole batches formed as above, so the
+            scores are those of one process: to the bit from CPU workers with as many torch
+            threads as this process (the pool's default), and from GPU workers, which run the
+            kernels this process would on the same kind of GPU.
 
     Returns:
         float32 array, one score per pair, in the order given.
@@ -183,11 +200,20 @@ def score_pairs(
     Example::
 
         model = HuggingFaceRerankerLoader("cross-encoder/ms-marco-MiniLM-L-12-v2")
-        score_pairs(model, [("what is bm25?", "BM25 ranks documents by term statistics.")]).shape
+        pairs = [("what is bm25?", "BM25 ranks documents by term statistics.")]
+        score_pairs(model, pairs).shape
         # (1,)
+        bool((score_pairs(model, pairs, devices=["cpu", "cpu"]) == score_pairs(model, pairs)).all())
+        # True
     """
     return _score_and_measure(
-        model, pairs, batch_size=batch_size, max_length=max_length, raw=raw, show_progress=show_progress
+        model,
+        pairs,
+        batch_size=batch_size,
+        max_length=max_length,
+        raw=raw,
+        show_progress=show_progress,
+        devices=devices,
     )[0]
 
 
@@ -199,44 +225,64 @@ def _score_and_measure(
     max_length: int | None,
     raw: bool,
     show_progress: bool = False,
+    devices: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``score_pairs``'s scores and whether each pair was truncated, from one tokenization
     for the lengths (the compressor needs both; measuring twice would tokenize twice)."""
+    devices = None if devices is None else check_devices(devices)
     cross_encoder = _sentence_transformers_model(model)
-    batch_size = default_batch_size(model) if batch_size is None else batch_size
+    if batch_size is None:
+        # The devices doing the work decide. One batch size serves every worker, so a list
+        # with a CPU in it gets CPU-sized batches, which a GPU still runs, only more slowly.
+        batch_size = default_batch_size(model) if devices is None else min(map(rerank_batch_size, devices))
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
     pairs = [(str(q), str(p)) for q, p in pairs]
     if not pairs:
         return np.empty(0, dtype=np.float32), np.zeros(0, dtype=bool)
     length = _max_length(cross_encoder, max_length)
-    activation = torch.nn.Identity() if raw else torch.nn.Sigmoid()
+    options: dict[str, Any] = {
+        "activation_fn": torch.nn.Identity() if raw else torch.nn.Sigmoid(),
+        "convert_to_tensor": True,
+        "processing_kwargs": {"text": {"max_length": length, "truncation": "longest_first"}},
+    }
     with _predict_lock(cross_encoder):
         full_lengths = _full_lengths(cross_encoder, pairs)
         order = np.argsort(-np.minimum(full_lengths, length), kind="stable")
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        # One predict call per batch we formed (its own re-sort stays within the batch). The
-        # scores stay on the device until the end, so a GPU never waits for the host between
-        # batches while the next one is tokenized.
-        scored = [
-            cross_encoder.predict(
-                [pairs[i] for i in batch],
-                batch_size=len(batch),
-                show_progress_bar=False,
-                activation_fn=activation,
-                convert_to_tensor=True,
-                processing_kwargs={"text": {"max_length": length, "truncation": "longest_first"}},
+        if devices is None:
+            batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+            # One predict call per batch we formed (its own re-sort stays within the batch). The
+            # scores stay on the device until the end, so a GPU never waits for the host between
+            # batches while the next one is tokenized.
+            scored = torch.cat(
+                [
+                    cross_encoder.predict(
+                        [pairs[i] for i in batch], batch_size=len(batch), show_progress_bar=False, **options
+                    ).reshape(-1)
+                    for batch in tqdm(batches, desc="scoring", unit="batch", disable=not show_progress)
+                ]
             )
-            for batch in tqdm(batches, desc="scoring", unit="batch", disable=not show_progress)
-        ]
+        else:
+            # The same batches, one per chunk: a worker's predict call gets exactly the pairs the
+            # loop above would give one call. The model's lock, held here, also keeps two callers
+            # off one open pool, whose output queue they would otherwise take each other's from.
+            with multi_process_pool(cross_encoder, devices) as pool:
+                scored = cross_encoder.predict(
+                    [pairs[i] for i in order],
+                    pool=pool,
+                    batch_size=batch_size,
+                    chunk_size=batch_size,
+                    show_progress_bar=show_progress,
+                    **options,
+                ).reshape(-1)
     scores = np.empty(len(pairs), dtype=np.float32)
-    scores[order] = torch.cat([s.reshape(-1) for s in scored]).float().cpu().numpy()
+    scores[order] = scored.float().cpu().numpy()
     return scores, full_lengths > length
 
 
 def default_batch_size(model: Any) -> int:
-    """The batch size :func:`score_pairs` uses for ``model`` when given none: ragkit's default
-    for the device the model sits on (``settings.rerank_batch_size``).
+    """The batch size :func:`score_pairs` uses for ``model`` when given no batch size and no
+    ``devices``: ragkit's default for the device the model sits on (``settings.rerank_batch_size``).
 
     Example::
 
