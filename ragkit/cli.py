@@ -110,6 +110,11 @@ def evaluate(args: argparse.Namespace) -> int:
         chroma_server = (args.chroma_host, args.chroma_port)
     rerankers = [None if r.lower() == "none" else _check_model(r, "cross-encoder") for r in args.rerankers]
     device = resolve_device(args.device)
+    devices = None
+    if args.devices is not None:
+        from ragkit.loaders import check_devices
+
+        devices = check_devices(args.devices, option="--devices")
     from ragkit.evaluate import grid, skipped_combinations
 
     top_ns = args.top_n or [None]
@@ -147,7 +152,7 @@ def evaluate(args: argparse.Namespace) -> int:
         print(collection.summary())
         result = experiment(collection, pipelines, measures=measures, device=device, batch_size=args.batch_size,
                             latency_queries=args.latency_queries, use_cache=not args.no_cache,
-                            chroma_server=chroma_server)  # fmt: skip
+                            chroma_server=chroma_server, devices=devices)  # fmt: skip
         results.append(result)
     if len(results) == 1:
         final = results[0]
@@ -297,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES), help="ir-measures names")
     e.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu, cuda, cuda:N, mps")
+    e.add_argument(
+        "--devices",
+        nargs="+",
+        default=None,
+        metavar="DEVICE",
+        help="embed and score in one worker process per device (e.g. cuda:0 cuda:1, or cpu cpu on a many-core "
+        "CPU), with the same scores as one process; default: this process",
+    )
     e.add_argument(
         "--batch-size",
         type=int,

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -30,7 +31,7 @@ import pandas as pd
 from ragkit.cache import FORMATS, Cache, PairScoreCache, digest
 from ragkit.data import BeirCollection
 from ragkit.errors import ConfigError
-from ragkit.loaders import resolve_device
+from ragkit.loaders import multi_process_pool, resolve_device
 from ragkit.measures import Run, parse_measures, per_query_scores
 from ragkit.provenance import code_state, device_description, machine_state, model_state, now, versions
 from ragkit.rerank import load_reranker, score_pairs, token_lengths, truncation_mask
@@ -343,6 +344,7 @@ def experiment(
     use_cache: bool = True,
     show_progress: bool = True,
     chroma_server: tuple[str, int] | None = None,
+    devices: Sequence[str] | None = None,
 ) -> EvaluationResult:
     """Run ``pipelines`` on ``collection`` and compare each with the baseline.
 
@@ -371,6 +373,10 @@ def experiment(
         chroma_server: ``(host, port)`` of a Chroma server (``chroma run``) to hold the dense
             indexes, instead of the embedded Chroma in ragkit's cache; checked to answer
             before any work. Where the index lives never changes a result.
+        devices: embed the corpus and score the pooled pairs in worker processes, one per
+            device (``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]`` on a many-core CPU), with the
+            same vectors and scores as one process (``ragkit.loaders.multi_process_pool``);
+            checked before any work. Latency is still timed one query at a time, in this process.
 
     The keyword arguments become one :class:`ragkit.settings.RunSettings`, which every stage
     reads and the result cache's key is computed from.
@@ -413,6 +419,10 @@ def experiment(
     )
     device = resolve_device(settings.device)
     settings = replace(settings, device=device, batch_size=settings.batch_size or rerank_batch_size(device))
+    if devices is not None:
+        from ragkit.loaders import check_devices
+
+        devices = check_devices(devices)
     client = None
     if chroma_server is not None and any(p.retriever != "bm25" for p in pipelines):
         from ragkit.retrievers import connect_chroma
@@ -427,7 +437,14 @@ def experiment(
             result.meta["reused_result"] = True
             return result
     result = _run_experiment(
-        collection, pipelines, settings, cache=cache, reuse=use_cache, show_progress=show_progress, client=client
+        collection,
+        pipelines,
+        settings,
+        cache=cache,
+        reuse=use_cache,
+        show_progress=show_progress,
+        client=client,
+        devices=devices,
     )
     cache.write("results", key, result.to_dict())
     return result
@@ -477,6 +494,7 @@ def _run_experiment(
     reuse: bool,
     show_progress: bool,
     client: Any = None,
+    devices: Sequence[str] | None = None,
 ) -> EvaluationResult:
     """Compute a result: first stages, runs, latency, measures, statistics. With ``reuse``,
     cached runs, pair scores and timings are read; fresh ones are written either way. Dense
@@ -494,7 +512,7 @@ def _run_experiment(
     try:
         for key in dict.fromkeys(_first_stage_key(p) for p in pipelines):
             depth = max(p.depth for p in pipelines if _first_stage_key(p) == key)
-            stage = _build_first_stage(collection, key, settings.device, show_progress, stages, client)
+            stage = _build_first_stage(collection, key, settings.device, show_progress, stages, client, devices)
             stages[key] = stage
             candidates[key] = _first_stage_run(stage, collection, query_texts, depth, cache=cache, reuse=reuse)
 
@@ -514,7 +532,7 @@ def _run_experiment(
                 cands = [c[: p.depth] for c in candidates[_first_stage_key(p)]]
                 timing: dict[str, Any] = {}
                 _rerank_batched(p, cands, collection, query_ids, settings, pair_cache, scored, reuse=reuse,
-                                show_progress=show_progress, timing=timing,
+                                show_progress=show_progress, timing=timing, devices=devices,
                                 split=_passage_splitter(p, stages[_first_stage_key(p)], collection))  # fmt: skip
                 if timing and timing["pairs"] == timing["of"]:  # every pair scored now: a whole pass, timed
                     throughput[p.name] = {"pairs": timing["pairs"], "queries": len(query_ids),
@@ -544,6 +562,7 @@ def _run_experiment(
                         reuse=reuse,
                         show_progress=show_progress,
                         split=split,
+                        devices=devices,
                     )
                 else:
                     run = {q: ranked_run(c) for q, c in zip(query_ids, cands)}
@@ -657,6 +676,7 @@ def _build_first_stage(
     show_progress: bool,
     built: dict[tuple[Any, ...], Any],
     client: Any = None,
+    devices: Sequence[str] | None = None,
 ) -> Any:
     """The first stage ``key`` names; a hybrid's dense and BM25 parts come from ``built`` when
     the grid has them already (and are added to it). Dense indexes go on ``client`` if given."""
@@ -669,7 +689,7 @@ def _build_first_stage(
         parts = [("dense", embedder, None, None), ("bm25", None, None, None)]
         for part in parts:
             if part not in built:
-                built[part] = _build_first_stage(collection, part, device, show_progress, built, client)
+                built[part] = _build_first_stage(collection, part, device, show_progress, built, client, devices)
         return HybridRetriever(built[parts[0]], built[parts[1]], weights=weights)
     documents = collection.documents()
     if retriever == "bm25":
@@ -680,7 +700,13 @@ def _build_first_stage(
         passages = {"chunk_size": size, "chunk_overlap": overlap, "chunk_unit": unit,
                     "first_passage_only": score == "firstp"}  # fmt: skip
     return build_chroma_index(
-        documents, embedder, model_kwargs={"device": device}, client=client, show_progress=show_progress, **passages
+        documents,
+        embedder,
+        model_kwargs={"device": device},
+        client=client,
+        show_progress=show_progress,
+        devices=devices,
+        **passages,
     )
 
 
@@ -782,13 +808,15 @@ def _rerank_batched(
     show_progress: bool,
     timing: dict[str, Any] | None = None,
     split: Any = None,
+    devices: Sequence[str] | None = None,
 ) -> Run:
     """Every query's candidates scored as one pooled stream, longest pairs first, committed to
     the pair-score cache chunk by chunk so an interrupted run resumes where it stopped.
     ``scored`` holds the scores this run computed (keyed by model and pair); the on-disk cache
     is read only with ``reuse``. ``timing`` receives how many pairs were scored now, of how
     many, in how many seconds (model load excluded). ``split`` turns a document id into its
-    passages (a passage pipeline; each document then scores as its best passage's logit)."""
+    passages (a passage pipeline; each document then scores as its best passage's logit).
+    ``devices``: score in one worker process per device, the pool kept for the whole pass."""
     from tqdm.auto import tqdm
 
     model = _reranker(p, settings.device)
@@ -815,11 +843,12 @@ def _rerank_batched(
         todo = [todo[j] for j in np.argsort(-lengths, kind="stable")]
         chunk = max(1, SCORE_CHUNK // settings.batch_size) * settings.batch_size
         start_time = time.perf_counter()
-        with tqdm(total=len(todo), desc="scoring pairs", unit="pair", disable=not show_progress) as bar:
+        pool = multi_process_pool(model, devices) if devices else contextlib.nullcontext()
+        with pool, tqdm(total=len(todo), desc="scoring pairs", unit="pair", disable=not show_progress) as bar:
             for start in range(0, len(todo), chunk):
                 part = todo[start : start + chunk]
                 logits = score_pairs(model, [pairs[i] for i in part], batch_size=settings.batch_size, raw=True,
-                                     max_length=p.max_length)  # fmt: skip
+                                     max_length=p.max_length, devices=devices)  # fmt: skip
                 fresh = {keys[i]: float(s) for i, s in zip(part, logits)}
                 pair_cache.put(model_key, fresh)
                 known.update(fresh)

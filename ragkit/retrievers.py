@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -51,7 +52,7 @@ from tqdm.auto import tqdm
 from ragkit.bm25 import BM25Index
 from ragkit.cache import FORMATS, atomic_write
 from ragkit.errors import CacheError, ConfigError, RagkitError
-from ragkit.loaders import HuggingFaceEmbeddingsLoader
+from ragkit.loaders import HuggingFaceEmbeddingsLoader, check_devices, embed_documents, multi_process_pool
 from ragkit.models import model_revision
 from ragkit.settings import CHUNK_OVERLAP, CHUNK_UNITS, DEFAULT_EMBEDDER, DEFAULT_RERANK_K, INDEX_BATCH_SIZE, cache_dir
 
@@ -503,10 +504,12 @@ def _complete(
     embedder_name: str,
     batch_size: int,
     show_progress: bool,
+    devices: Sequence[str] | None = None,
 ) -> None:
     """Embed and add whatever ``records`` the collection lacks. The caller then seals it
     (:func:`_seal`): the marker says complete only once every vector is in, so an interrupted
-    build stays marked incomplete."""
+    build stays marked incomplete. With ``devices``, one worker process per device embeds
+    (the same vectors, :func:`ragkit.loaders.embed_documents`), the pool kept for the build."""
     page = client.get_max_batch_size()
     present = _all_ids(collection, page)
     if present - {r.id for r in records}:
@@ -524,15 +527,24 @@ def _complete(
             len(missing),
         )
     step = min(batch_size, page)
-    with tqdm(
-        total=len(missing),
-        desc=f"Embedding with {embedder_name.split('/')[-1]}",
-        unit="doc",
-        disable=not show_progress or not missing,
-    ) as bar:
+    pool = multi_process_pool(store.embeddings, devices) if devices and missing else contextlib.nullcontext()
+    with (
+        pool,
+        tqdm(
+            total=len(missing),
+            desc=f"Embedding with {embedder_name.split('/')[-1]}",
+            unit="doc",
+            disable=not show_progress or not missing,
+        ) as bar,
+    ):
         for start in range(0, len(missing), step):
             batch = missing[start : start + step]
-            store.add_texts([r.text for r in batch], metadatas=[r.metadata for r in batch], ids=[r.id for r in batch])
+            texts, metadatas, ids = [r.text for r in batch], [r.metadata for r in batch], [r.id for r in batch]
+            if devices:
+                vectors = embed_documents(store.embeddings, texts, devices=devices)
+                collection.upsert(ids=ids, embeddings=vectors, metadatas=metadatas, documents=texts)
+            else:
+                store.add_texts(texts, metadatas=metadatas, ids=ids)
             bar.update(len(batch))
     collection = client.get_collection(collection.name, embedding_function=None)
     if collection.count() != len(records):
@@ -921,6 +933,7 @@ def _persistent_index(
     batch_size: int,
     rebuild: bool,
     show_progress: bool,
+    devices: Sequence[str] | None = None,
 ) -> ChromaIndex:
     """Open (and check), complete or build the index in ``directory``; a failed check raises
     ``_DamagedIndex``, which the caller turns into a rebuild or an error."""
@@ -1002,7 +1015,7 @@ def _persistent_index(
         # holds is taken from Chroma, as before, completed, then recorded again. Its old entry
         # goes first, so a completion stopped half-way is never checked against it.
         _write_record(directory, name, None)
-        _complete(store, client, collection, records, embedder_name, batch_size, show_progress)
+        _complete(store, client, collection, records, embedder_name, batch_size, show_progress, devices)
         _seal(client, name, records, fingerprint, embedder_name, chunk_size, directory)
     return ChromaIndex(
         store, client, embeddings, fingerprint, chunk_size=chunk_size, collection_name=name, persist_directory=directory
@@ -1020,6 +1033,7 @@ def _client_index(
     batch_size: int,
     rebuild: bool,
     show_progress: bool,
+    devices: Sequence[str] | None = None,
 ) -> ChromaIndex:
     """Open (and probe), complete or build the index in a client's collection (no files)."""
     from langchain_chroma import Chroma
@@ -1055,7 +1069,7 @@ def _client_index(
             )
         log.info("Reusing Chroma index %s (%d vectors, %s).", name, len(records), embedder_name)
     else:
-        _complete(store, client, collection, records, embedder_name, batch_size, show_progress)
+        _complete(store, client, collection, records, embedder_name, batch_size, show_progress, devices)
         _seal(client, name, records, fingerprint, embedder_name, chunk_size, None)
     return ChromaIndex(
         store, client, embeddings, fingerprint, chunk_size=chunk_size, collection_name=name, persist_directory=None
@@ -1078,6 +1092,7 @@ def build_chroma_index(
     batch_size: int = INDEX_BATCH_SIZE,
     rebuild: bool = False,
     show_progress: bool = True,
+    devices: Sequence[str] | None = None,
 ) -> ChromaIndex:
     """Embed ``documents`` into a Chroma collection (cosine space), or reopen the one built before.
 
@@ -1119,6 +1134,9 @@ def build_chroma_index(
         batch_size: documents embedded and added per step (capped by Chroma's max batch size).
         rebuild: drop the collection and embed everything again.
         show_progress: show a progress bar while embedding.
+        devices: embed in worker processes, one per device (``["cuda:0", "cuda:1"]``, or
+            ``["cpu", "cpu"]`` on a many-core CPU), with the same vectors as one process; checked
+            before any work (:func:`ragkit.loaders.check_devices`). Default: this process.
 
     Raises:
         CacheError: a ``persist_directory`` (or ``client`` collection) you gave holds this index
@@ -1137,6 +1155,7 @@ def build_chroma_index(
         raise ConfigError("Pass either client= or persist_directory=, not both: a client already knows its storage.")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+    devices = None if devices is None else check_devices(devices)
     check_chunking(chunk_size, chunk_overlap, chunk_unit)
     if isinstance(embedder, str):
         embeddings = HuggingFaceEmbeddingsLoader(embedder, model_kwargs=model_kwargs, encode_kwargs=encode_kwargs)
@@ -1160,7 +1179,7 @@ def build_chroma_index(
         splitting["first_only"] = True
     fingerprint = _index_fingerprint(embeddings, records, splitting)
     name = collection_name or f"ragkit-{fingerprint[:16]}"
-    options = {"chunk_size": chunk_size, "batch_size": batch_size, "show_progress": show_progress}
+    options = {"chunk_size": chunk_size, "batch_size": batch_size, "show_progress": show_progress, "devices": devices}
 
     if client is not None:
         return _client_index(client, records, embeddings, fingerprint, name, rebuild=rebuild, **options)
