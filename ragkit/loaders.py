@@ -274,7 +274,7 @@ class CachedLoader:
                 if key in cls._store:
                     log.info("Fetching %s from cache...", model_name)
                     return cls._store[key]
-            log.info("Loading %s for the first time...", model_name)
+            log.info("Loading %s (not in ragkit's model cache)...", model_name)
             if hub_offline() and not is_available_offline(model_name):
                 # transformers would otherwise spend a while on retries before giving up.
                 raise model_not_found(model_name)

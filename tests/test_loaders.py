@@ -24,7 +24,11 @@ from ragkit import (
 
 
 def _loading_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "ragkit" and "for the first time" in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ragkit" and "(not in ragkit's model cache)" in r.getMessage()
+    ]
 
 
 def test_loaders_return_the_langchain_objects(tiny_embedder_path, tiny_cross_encoder_path):
@@ -51,7 +55,7 @@ def test_repeat_call_returns_the_same_object_and_logs_a_cache_hit(tiny_embedder_
     assert first is second
     messages = [r.getMessage() for r in caplog.records if r.name == "ragkit"]
     assert messages == [
-        f"Loading {tiny_embedder_path} for the first time...",
+        f"Loading {tiny_embedder_path} (not in ragkit's model cache)...",
         f"Fetching {tiny_embedder_path} from cache...",
     ]
 
