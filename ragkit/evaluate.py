@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -1082,7 +1083,8 @@ def _meta(collection: BeirCollection, pipelines: list[Pipeline], settings: RunSe
         "collection_summary": collection.summary(),
         "n_queries": len(collection.queries),
         "n_docs": len(collection.corpus),
-        "pipelines": [{"name": p.name, **asdict(p)} for p in pipelines],
+        # As JSON reads them back (tuples as lists), so a reused result's meta equals a fresh one's.
+        "pipelines": [json.loads(json.dumps({"name": p.name, **asdict(p)})) for p in pipelines],
         "baseline": pipelines[settings.baseline].name,
         "measures": list(settings.measures),
         "device": settings.device,
