@@ -83,10 +83,6 @@ CHUNK = 16_384
 # Queries searched, untimed, before the latency timings: the first search of a process pays
 # for lazy initialisation that no later query does.
 WARMUP_QUERIES = 5
-# SQLite's default limit on the variables of one statement (32,766 since SQLite 3.32). Chroma
-# fetches the metadata of all of a query call's hits in one statement, so it refuses a call of
-# more than this many hits (queries x k): at k=100, more than 327 queries.
-SQLITE_MAX_VARIABLES = 32_766
 # A build still adding after this many minutes is stopped and its size extrapolated. On 2 CPU
 # cores the 1M-document build takes about half an hour (adding slows as the index grows).
 BUILD_BUDGET_MIN = 40.0
@@ -366,7 +362,9 @@ def search_worker(config: dict[str, Any]) -> dict[str, Any]:
         t = time.perf_counter()
         index.search_by_vector(v[None], k)
         times.append(time.perf_counter() - t)
-    hits, batch_s, calls, refused = _batch_search(index, many, k)
+    t = time.perf_counter()
+    hits = index.search_by_vector(many, k)  # one call, as an evaluation's first stage makes it
+    batch_s = time.perf_counter() - t
     sample = config["recall_queries"]
     exact, exact_s = exact_top_k(generator, many[:sample], n, k)
     depth = min(k, n)
@@ -380,32 +378,11 @@ def search_worker(config: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": float(np.percentile(ms, 50)),
         "p95_ms": float(np.percentile(ms, 95)),
         "batch_s": batch_s,
-        "batch_calls": calls,
-        "one_call_error": refused,
         "recall": float(np.mean(recall)),
         "recall_min": float(np.min(recall)),
         "exact_ms_per_query": exact_s / sample * 1000,
         "peak_rss_mb": _peak_rss_mb(),
     }
-
-
-def _batch_search(index: ChromaIndex, vectors: np.ndarray, k: int) -> tuple[list[Any], float, int, str | None]:
-    """The batch's hits and seconds, and in how many calls: one ``search_by_vector`` call, as
-    the evaluation makes it; where Chroma refuses that (see ``SQLITE_MAX_VARIABLES``), calls
-    of as many queries as it takes, timed instead, with Chroma's error for the record."""
-    t = time.perf_counter()
-    try:
-        return index.search_by_vector(vectors, k), time.perf_counter() - t, 1, None
-    except Exception as exc:
-        if "too many SQL variables" not in str(exc):
-            raise
-        refused = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-    per_call = max(1, SQLITE_MAX_VARIABLES // k)
-    hits: list[Any] = []
-    t = time.perf_counter()
-    for start in range(0, len(vectors), per_call):
-        hits += index.search_by_vector(vectors[start : start + per_call], k)
-    return hits, time.perf_counter() - t, math.ceil(len(vectors) / per_call), refused
 
 
 def bm25_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -626,7 +603,6 @@ def run(
     bm25_rows: list[dict[str, Any]] = []
     progress_rows: list[dict[str, Any]] = []  # per build and chunk: how the adding rate changes as the index grows
     notes: list[str] = []
-    refusals: dict[int, str] = {}  # size -> Chroma's error for the batch in one call
     chroma: dict[str, Any] = {}  # what the builds found: Chroma's own view of the configuration, batch size
     total = time.perf_counter()
     with LoadSampler() as sampler:
@@ -707,7 +683,6 @@ def run(
                         "p95_ms": searched["p95_ms"],
                         "batch_s": searched["batch_s"],
                         "batch_queries_per_s": queries / searched["batch_s"],
-                        "batch_calls": searched["batch_calls"],
                         f"recall@{k}": searched["recall"],
                         f"min_recall@{k}": searched["recall_min"],
                         "exact_ms_per_query": searched["exact_ms_per_query"],
@@ -715,8 +690,6 @@ def run(
                         "extrapolated": False,
                     }
                 )
-                if searched["one_call_error"]:
-                    refusals[size] = searched["one_call_error"]
                 _say(_row_line(rows[-1], k))
         finally:
             shutil.rmtree(root, ignore_errors=True)
@@ -750,7 +723,6 @@ def run(
         "notes": _notes(k, queries, latency_queries, recall_queries)
         + (_bm25_notes(texts, k) if bm25 else [])
         + _slowdown_notes(progress_rows, rows)
-        + _refusal_notes(refusals, k)
         + notes,
         "tables": {"scaling": rows, **({"bm25": bm25_rows} if bm25 else {}), "build_progress": progress_rows},
     }
@@ -888,21 +860,6 @@ def _bm25_notes(texts: SyntheticTexts, k: int) -> list[str]:
     ]
 
 
-def _refusal_notes(refusals: dict[int, str], k: int) -> list[str]:
-    if not refusals:
-        return []
-    per_call = SQLITE_MAX_VARIABLES // k
-    error = next(iter(refusals.values()))
-    return [
-        f"The batch in one ChromaIndex.search_by_vector call (what ChromaIndex.search and an evaluation's first stage "
-        f"make) failed at {', '.join(f'{s:,}' for s in refusals)} documents with chromadb's `{error}`: Chroma "
-        f"fetches the metadata of a call's queries x k hits in one SQLite statement, limited to "
-        f"{SQLITE_MAX_VARIABLES:,} variables, so more than {per_call} queries at k={k} fail whatever the corpus "
-        f"size, while search_by_vector slices only by client.get_max_batch_size(). batch_s times the same "
-        f"queries in calls of {per_call} (batch_calls), each a search_by_vector call."
-    ]
-
-
 def _library_versions() -> dict[str, str]:
     found = {}
     for name in ("chromadb", "langchain-chroma", "numpy", "hnswlib", "chroma-hnswlib"):
@@ -928,7 +885,6 @@ COLUMNS = {
     "p95_ms": "p95 ms",
     "batch_s": "batch s",
     "batch_queries_per_s": "batch queries/s",
-    "batch_calls": "batch calls",
     "recall": "recall",
     "exact_ms_per_query": "exact ms/query",
     "build_written_mb": "build wrote MiB",

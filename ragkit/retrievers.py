@@ -90,6 +90,11 @@ _SELF_DISTANCE = 1e-3
 _SPEED_ONLY_ENCODE_KWARGS = frozenset({"batch_size", "show_progress_bar"})
 # How many chunks to fetch per wanted document on the first try; doubled while short.
 _CHUNK_OVERFETCH = 4
+# Chroma reads the metadata of all the hits of one query call in one SQLite statement, and
+# SQLite refuses a statement of more than 32,766 variables: at k=100 a call of 328 queries
+# fails ("too many SQL variables"), whatever the corpus size. Calls stay under this many hits
+# (queries x depth), with a margin for the few other variables of that statement.
+_HITS_PER_CALL = 32_000
 
 
 def chroma_settings() -> Any:
@@ -410,7 +415,8 @@ class ChromaIndex:
         """The ``k`` best documents for each query vector, as ``(doc_id, cosine similarity)``.
 
         On a chunked index a document scores as its best chunk; more chunks are fetched until
-        ``k`` distinct documents are found (or the index runs out).
+        ``k`` distinct documents are found (or the index runs out). Any number of queries may be
+        searched at once: they go to Chroma in calls small enough for its SQLite store.
 
         Example::
 
@@ -418,13 +424,22 @@ class ChromaIndex:
             # [[('d1', 0.71)]]
         """
         _check_k(k)
+        if k > _HITS_PER_CALL:
+            raise ConfigError(
+                f"k={k:,} is deeper than one Chroma query can return ({_HITS_PER_CALL:,} hits, SQLite's limit on "
+                "one statement); ask for fewer documents per query."
+            )
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.size == 0:
             return []
         total = self.count
         results: Hits = [[] for _ in vectors]
         pending = list(range(len(vectors)))
-        n = min(k if self.chunk_size is None else k * _CHUNK_OVERFETCH, total)
+        # One query's hits must fit one call too: on a chunked index of more passages than
+        # that, a query whose best _HITS_PER_CALL passages hold fewer than k documents keeps
+        # the documents they hold.
+        deepest = min(total, _HITS_PER_CALL)
+        n = min(k if self.chunk_size is None else k * _CHUNK_OVERFETCH, deepest)
         while pending:
             short = []
             for i, ranked in zip(pending, self._query(vectors[pending], n)):
@@ -432,9 +447,9 @@ class ChromaIndex:
                 for doc_id, score in ranked:
                     best.setdefault(doc_id, score)  # chunks come best first: the first is the max
                 results[i] = list(best.items())[:k]
-                if len(best) < k and n < total:
+                if len(best) < k and n < deepest:
                     short.append(i)
-            pending, n = short, min(2 * n, total)
+            pending, n = short, min(2 * n, deepest)
         return results
 
     def search(self, queries: Sequence[str], k: int) -> Hits:
@@ -450,7 +465,7 @@ class ChromaIndex:
 
     def _query(self, vectors: np.ndarray, n: int) -> list[list[tuple[str, float]]]:
         out = []
-        step = self.client.get_max_batch_size()
+        step = max(1, min(self.client.get_max_batch_size(), _HITS_PER_CALL // n))
         for start in range(0, len(vectors), step):
             res = self._collection.query(
                 query_embeddings=vectors[start : start + step], n_results=n, include=["metadatas", "distances"]

@@ -415,6 +415,30 @@ def test_search_returns_the_exact_top_hits_despite_approximate_hnsw():
         np.testing.assert_allclose([score for _, score in hits[:10]], np.sort(row)[::-1][:10], atol=1e-5)
 
 
+def test_any_number_of_queries_is_searched_in_calls_chroma_accepts():
+    # Chroma reads all the hits of one query call in one SQLite statement, and SQLite refuses
+    # one of more than 32,766 variables: 400 queries at k=100 (and, on passages, the deeper
+    # fetch per query) must come back as if searched a few at a time.
+    whole = build_chroma_index(
+        make_docs({f"d{i}": f"doc {i}" for i in range(150)}), RandomEmbeddings(), show_progress=False
+    )
+    passages = build_chroma_index(
+        make_docs({f"d{i}": f"{1000 + 2 * i} {1001 + 2 * i}" for i in range(150)}),
+        RandomEmbeddings(),
+        chunk_size=4,
+        chunk_overlap=0,
+        show_progress=False,
+    )
+    assert passages.count > whole.count  # several passages per document
+    vectors = whole.embed_queries([f"query {i}" for i in range(10_000, 10_400)])
+    for index in (whole, passages):
+        hits = index.search_by_vector(vectors, 100)
+        assert hits == [h for i in range(0, 400, 50) for h in index.search_by_vector(vectors[i : i + 50], 100)]
+        assert [len(h) for h in hits] == [100] * 400
+    with pytest.raises(ConfigError, match="deeper than one Chroma query"):
+        whole.search_by_vector(vectors[:1], 40_000)
+
+
 def test_cli_eval_keeps_its_dense_index_on_a_chroma_server(chroma_address, tiny_embedder_path, cache, tmp_path):
     from ragkit.cli import main
 
