@@ -224,3 +224,27 @@ def test_command_line_reports_bad_sizes(scaling, capsys, tmp_path):
         scaling.main(["--sizes", "0", "--output-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "Corpus sizes must be positive integers" in capsys.readouterr().err
+
+
+def test_the_readme_states_the_committed_scaling_measurements():
+    record = json.loads((ROOT / "benchmarks" / "results" / "scaling-cpu.json").read_text())
+    k = record["parameters"]["k"]
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("- **Before a larger corpus**") : readme.index("Several `--dataset`s")]
+    for row in record["tables"]["scaling"]:
+        assert not row["extrapolated"]  # a committed figure is a measured one
+        for figure in (
+            f"{row['documents']:,}",
+            f"{row['build_docs_per_s']:,.0f} docs/s",
+            f"{row['disk_mb']:,.0f} MiB",
+            f"{row['p50_ms']:.1f} ms",
+            f"{row[f'recall@{k}']:.3f}",
+        ):
+            assert figure in section, figure
+    for row in record["tables"]["bm25"]:
+        assert f"{row['p50_ms']:.1f} ms" in section
+    dense, bm25 = record["tables"]["scaling"], record["tables"]["bm25"]
+    for figure in (f"{dense[0]['batch_s']:.1f} s at 10k", f"{dense[-1]['batch_s']:.1f} s at 1M"):
+        assert figure in section, figure
+    assert f"BM25 took {bm25[-1]['batch_s']:.1f} s at 1M" in section
+    assert f"{dense[-1]['build_s'] / 60:.0f} min" in section and f"{bm25[-1]['peak_rss_mb'] / 1024:.1f} GiB" in section
