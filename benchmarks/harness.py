@@ -1,8 +1,8 @@
 """Benchmark plumbing that reads or runs things in this repository, for
 ``benchmarks/rerank_cost.py`` and notebook 05.
 
-- :func:`stored_results`, :func:`stored_tags`: the results ``rerank_cost.py`` stored in
-  ``benchmarks/results``, read back;
+- :func:`stored_results`, :func:`stored_tags`: the section records ``rerank_cost.py`` (and
+  the benchmarks that share its format) stored in ``benchmarks/results``, read back;
 - :func:`time_eval`: ``python -m ragkit eval`` end to end, in a new process with its own caches;
 - :func:`path_targets`: the throughput targets the cost benchmark was built to, checked on a
   :func:`ragkit.profiling.compare_paths` table.
@@ -98,19 +98,22 @@ def time_eval(
 
 
 def stored_results(folder: str | Path, tag: str = "cpu") -> dict[str, dict[str, Any]]:
-    """The results ``benchmarks/rerank_cost.py`` stored for one device: section name -> its
-    record (``title``, ``environment``, ``parameters``, ``notes``, and ``tables``, each a list of
-    rows that ``pd.DataFrame`` takes as is).
+    """The section records stored for one device: section name -> its record (``title``,
+    ``environment``, ``parameters``, ``notes``, and ``tables``, each a list of rows that
+    ``pd.DataFrame`` takes as is). ``rerank_cost.py`` writes most of them; ``multi_process.py``
+    and ``scaling.py`` write theirs in the same format. Files of another format (such as
+    ``passages.py``'s) are left out.
 
     Example::
 
         stored = stored_results("benchmarks/results", "cpu")
         pd.DataFrame(stored["throughput"]["tables"]["targets"])
     """
-    found = {
+    records = {
         p.name.removesuffix(f"-{tag}.json"): json.loads(p.read_text())
         for p in sorted(Path(folder).glob(f"*-{tag}.json"))
     }
+    found = {name: record for name, record in records.items() if "section" in record}
     if not found:
         raise RagkitError(f"No benchmark results for {tag!r} in {folder}: run benchmarks/rerank_cost.py there first.")
     return found

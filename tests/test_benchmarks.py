@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from ragkit.errors import RagkitError
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SECTIONS_MEASURED_ON_CPU = [
@@ -47,6 +49,15 @@ def test_every_cpu_section_is_committed_with_its_provenance():
         env = record["environment"]
         assert env["device"] == "cpu" and env["versions"]["torch"] and env["date"], section
         assert all(rows for rows in record["tables"].values()), section
+
+
+def test_stored_results_reads_section_records_only(script, tmp_path):
+    stored = script.stored_results(RESULTS, "cpu")  # the script's own import of harness
+    assert set(SECTIONS_MEASURED_ON_CPU) <= set(stored)
+    assert "passages" not in stored  # a file of another format, read by notebooks 02 and 03 themselves
+    (tmp_path / "passages-cpu.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(RagkitError, match="No benchmark results"):
+        script.stored_results(tmp_path, "cpu")
 
 
 def test_readme_headline_is_what_the_committed_results_say(script):
