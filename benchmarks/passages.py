@@ -15,7 +15,7 @@ and reports nDCG@10, each reranker's change against its own first stage (95% CI,
 scored per query, the share of pairs truncated, and the tokens the cross-encoder reads per
 query (its cost on any machine; benchmarks/rerank_cost.py times tokens on this one). Results pool the
 collections too. Everything goes to ``benchmarks/results/passages-cpu.json`` and ``.md``, which
-notebooks 02 and 03 show.
+notebooks 02 and 03 show (``passages_full-cpu`` for whole corpora, which the README shows).
 
     python benchmarks/passages.py                      # SciFact + NFCorpus subsets (~20 min, 2 CPU cores)
     python benchmarks/passages.py --docs 0             # whole corpora, 50 sampled queries (~1 h)
@@ -192,8 +192,9 @@ def main() -> None:
         "rows": table,
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "passages-cpu.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.output_dir / "passages-cpu.md").write_text(markdown(report))
+    stem = "passages-cpu" if args.docs else "passages_full-cpu"  # the subsets' file stays the notebooks'
+    (args.output_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.output_dir / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))
 
 
