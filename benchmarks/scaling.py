@@ -228,7 +228,18 @@ class SyntheticTexts:
 
 
 def _peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux (bytes on macOS): the process's high-water mark so far.
+    """This process's resident-memory high-water mark so far, in MiB.
+
+    Linux's ``VmHWM`` first: ``ru_maxrss`` carries the parent's high-water mark across
+    fork and exec, so a worker started by a large parent would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
