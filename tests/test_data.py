@@ -686,7 +686,8 @@ def assert_fast_offline_error(call, name: str, data_dir: Path) -> str:
         call()
     elapsed = time.perf_counter() - start
     message = str(error.value)
-    assert elapsed < 1.0, f"the offline error took {elapsed:.2f} s"
+    # At most one 0.8 s reachability probe; a download would wait 60 s. The margin is for a busy CI machine.
+    assert elapsed < 5.0, f"the offline error took {elapsed:.2f} s"
     assert BEIR_DIR_ENV in message, message
     assert str(data_dir / "beir" / name) in message, message
     return message
