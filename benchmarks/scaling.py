@@ -227,18 +227,27 @@ class SyntheticTexts:
 # ----------------------------------------------------------------------------- measuring, in worker processes
 
 
+def _proc_self(file: str, field: str) -> int | None:
+    """The number after ``field:`` in Linux's ``/proc/self/<file>``, or None where the kernel
+    does not say (another system, or a kernel without it)."""
+    try:
+        for line in Path("/proc/self", file).read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _peak_rss_mb() -> float:
     """This process's resident-memory high-water mark so far, in MiB.
 
     Linux's ``VmHWM`` first: ``ru_maxrss`` carries the parent's high-water mark across
     fork and exec, so a worker started by a large parent would report the parent's peak.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
+    kib = _proc_self("status", "VmHWM")
+    if kib is not None:
+        return kib / 1024
     # ru_maxrss is in KiB on Linux (bytes on macOS).
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
@@ -247,13 +256,8 @@ def _peak_rss_mb() -> float:
 def _written_mb() -> float | None:
     """MiB this process has caused to be written to storage so far (Linux's
     ``/proc/self/io``), or None where the kernel does not say."""
-    try:
-        for line in Path("/proc/self/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return None
+    written = _proc_self("io", "write_bytes")
+    return None if written is None else written / 2**20
 
 
 def _precomputed_embedder() -> Any:
