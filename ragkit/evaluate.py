@@ -33,7 +33,7 @@ from ragkit.cache import FORMATS, Cache, PairScoreCache, digest
 from ragkit.data import BeirCollection
 from ragkit.errors import ConfigError
 from ragkit.loaders import multi_process_pool, resolve_device
-from ragkit.measures import Run, parse_measures, per_query_scores
+from ragkit.measures import Run, parse_measures, per_query_scores, ranked_run
 from ragkit.provenance import code_state, device_description, machine_state, model_state, now, versions
 from ragkit.rerank import load_reranker, score_pairs, token_lengths, truncation_mask
 from ragkit.results import EvaluationResult
@@ -868,42 +868,26 @@ def _rerank_batched(
     return run
 
 
-def ranked_run(ranked: Sequence[tuple[str, float]]) -> dict[str, float]:
-    """A run that keeps the order given: each score is made strictly less than the one above
-    it (equal scores are nudged down by the smallest float step), so every scorer, whatever
-    its tie-breaking, reads this order.
-
-    Example:
-        >>> ranked_run([("a", 0.5), ("b", 0.5), ("c", 0.1)])
-        {'a': 0.5, 'b': 0.49999999999999994, 'c': 0.1}
-    """
-    run: dict[str, float] = {}
-    previous = float("inf")
-    for doc, score in ranked:
-        run[doc] = previous = min(float(score), float(np.nextafter(previous, -np.inf)))
-    return run
-
-
 def reranked_run(
     reranked: Sequence[tuple[str, float]], rest: Sequence[tuple[str, float]] = (), *, keep: int | None = None
 ) -> dict[str, float]:
     """One query's evaluation run: the ``reranked`` candidates by descending logit (ties keep
     their first-stage order, as ``CrossEncoderReranker`` does), then the first stage's ``rest``
     in its order, scored one less per rank below the last logit; only the first ``keep``
-    reranked documents when ``keep`` is given. Scores strictly decrease (:func:`ranked_run`).
+    reranked documents when ``keep`` is given. Scores strictly decrease as 32-bit floats
+    (:func:`ranked_run`).
 
     Example:
         >>> reranked_run([("a", 0.5), ("b", 2.0), ("c", 2.0)], [("d", 0.9)])
-        {'b': 2.0, 'c': 1.9999999999999998, 'a': 0.5, 'd': -0.5}
+        {'b': 2.0, 'c': 1.9999998807907104, 'a': 0.5, 'd': -0.5}
     """
     ordered = sorted(reranked, key=lambda x: -x[1])
     if keep is not None:
         ordered, rest = ordered[:keep], ()
-    run = ranked_run(ordered)
-    floor = min(run.values(), default=0.0)
-    for rank, (doc, _) in enumerate((d for d in rest if d[0] not in run), start=1):
-        run[doc] = floor - rank
-    return run
+    floor = min((float(s) for _, s in ordered), default=0.0)
+    seen = {d for d, _ in ordered}
+    deeper = [(doc, floor - rank) for rank, (doc, _) in enumerate((d for d in rest if d[0] not in seen), start=1)]
+    return ranked_run([*ordered, *deeper])
 
 
 def langchain_retriever(

@@ -10,15 +10,22 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from ragkit.errors import ConfigError
+from ragkit.errors import ConfigError, DataError
 
 Run = dict[str, dict[str, float]]  # query id -> doc id -> score, as ir_measures and TREC expect
 Qrels = dict[str, dict[str, int]]  # query id -> doc id -> graded relevance
+
+# pytrec_eval, which ir-measures uses for nDCG and recall, reads scores as 32-bit floats; the
+# MS MARCO evaluator (RR) reads them at full precision. A run is scored as ranked only if its
+# scores stay strictly decreasing after that rounding.
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 _HELP = "Use an ir-measures name such as nDCG@10, RR@10, R@100, P@5, AP@100 (see https://ir-measur.es/)."
 
@@ -63,9 +70,68 @@ def parse_measures(names: Sequence[str]) -> list[Any]:
     return out
 
 
+def _float32(score: float) -> float:
+    """``score`` as the nearest 32-bit float, subnormals as 0 (a scorer that flushes them to
+    zero would read two of them as a tie)."""
+    single = float(np.float32(score))
+    return 0.0 if abs(single) < _FLOAT32_TINY else single
+
+
+def _float32_below(score: float) -> float:
+    """The largest normal (or zero) 32-bit float strictly below ``score``, a float32 value."""
+    below = float(np.nextafter(np.float32(score), np.float32(-np.inf)))
+    if abs(below) < _FLOAT32_TINY:
+        below = 0.0 if score > 0 else -_FLOAT32_TINY
+    return below
+
+
+def ranked_run(ranked: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """One query's run that keeps the order given, whatever scorer reads it.
+
+    Each score is rounded to the nearest normal 32-bit float (or 0), and made the next 32-bit float below the
+    one above it when rounding (or a tie) would not keep it strictly lower. Every score is then
+    exactly a float32 value, strictly decreasing, so pytrec_eval (which reads float32), the MS
+    MARCO evaluator (full precision) and a TREC file (written in full) all see this order.
+    Scores move by at most a few float32 steps, a relative 1e-7 each.
+
+    Example:
+        >>> ranked_run([("a", 0.5), ("b", 0.5), ("c", 0.1)])
+        {'a': 0.5, 'b': 0.4999999701976776, 'c': 0.10000000149011612}
+        >>> ranked_run([("a", 0.0), ("b", 0.0)])
+        {'a': 0.0, 'b': -1.1754943508222875e-38}
+    """
+    run: dict[str, float] = {}
+    previous = math.inf
+    for doc, score in ranked:
+        run[doc] = previous = min(_float32(score), _float32_below(previous))
+    return run
+
+
+def order_problem(run: Run) -> str | None:
+    """What keeps a scorer from reading ``run`` as ranked, or ``None``: a score that is not
+    finite, or two scores of one query that 32-bit floats cannot tell apart (pytrec_eval would
+    order those by document id). :func:`ranked_run` builds runs that have neither.
+
+    Example:
+        >>> order_problem({"q1": {"a": 0.5, "b": 0.5 - 1e-12}})
+        "query 'q1': documents 'a' and 'b' score 0.5 and 0.499999999999, the same as 32-bit floats"
+    """
+    for qid, scores in run.items():
+        ranked = sorted(scores.items(), key=lambda item: -item[1])
+        if any(not math.isfinite(s) for _, s in ranked):
+            return f"query {qid!r} has a score that is not a finite number"
+        rounded = np.asarray([s for _, s in ranked], dtype=np.float32)
+        same = np.flatnonzero(rounded[1:] >= rounded[:-1])
+        if len(same):
+            (a, sa), (b, sb) = ranked[same[0]], ranked[same[0] + 1]
+            return f"query {qid!r}: documents {a!r} and {b!r} score {sa:.12g} and {sb:.12g}, the same as 32-bit floats"
+    return None
+
+
 def per_query_scores(qrels: Qrels, run: Run, measures: Sequence[Any]) -> pd.DataFrame:
     """One row per (query, measure) for every judged query; a query the run misses scores 0,
-    as trec_eval's ``-c`` option counts it.
+    as trec_eval's ``-c`` option counts it. A run whose scores a float32 scorer would reorder is
+    refused (:func:`order_problem`): its measures would not be those of its ranking.
 
     Example:
         >>> per_query_scores({"q1": {"d1": 1}}, {"q1": {"d1": 2.0, "d2": 1.0}}, parse_measures(["RR@10"]))
@@ -74,6 +140,9 @@ def per_query_scores(qrels: Qrels, run: Run, measures: Sequence[Any]) -> pd.Data
     """
     import ir_measures
 
+    problem = order_problem(run)
+    if problem is not None:
+        raise DataError(f"This run cannot be scored as ranked: {problem}. Build each query's run with ranked_run().")
     values = {(m.query_id, str(m.measure)): m.value for m in ir_measures.iter_calc(measures, qrels, run)}
     rows = [(qid, str(m), values.get((qid, str(m)), 0.0)) for qid in sorted(qrels) for m in measures]
     return pd.DataFrame(rows, columns=["query_id", "measure", "value"])

@@ -49,7 +49,7 @@ from langchain_core.documents import Document
 from ragkit.data import BeirCollection
 from ragkit.errors import RagkitError
 from ragkit.loaders import HuggingFaceEmbeddingsLoader, HuggingFaceRerankerLoader, resolve_device
-from ragkit.measures import parse_measures, per_query_scores
+from ragkit.measures import parse_measures, per_query_scores, ranked_run
 from ragkit.rerank import (
     Pair,
     ScoredCrossEncoderReranker,
@@ -529,8 +529,10 @@ def ndcg_at_10(candidates: Candidates, scores: Scores) -> float:
 
         round(ndcg_at_10(sample, reranking_paths(model, sample)["pooled"]()), 3)  # 0.712
     """
+    # Equal scores (saturated or low-precision ones) keep the candidates' order, as a reranker's
+    # stable sort does.
     run = {
-        q: {d: float(s) for d, s in zip(ids, sc)}
+        q: ranked_run(sorted(zip(ids, map(float, sc)), key=lambda hit: -hit[1]))
         for q, ids, sc in zip(candidates.query_ids, candidates.doc_ids, scores)
     }
     return float(per_query_scores(candidates.qrels, run, parse_measures(["nDCG@10"]))["value"].mean())

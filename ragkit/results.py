@@ -69,20 +69,27 @@ def markdown_table(df: pd.DataFrame) -> str:
 def trec_run(run: Run, tag: str) -> str:
     """A run in TREC format: ``qid Q0 docid rank score tag``, ranks from 1 by descending score.
 
-    Scores are written with every digit a float has (Python's shortest round-trip form), so a
-    scorer that re-reads the file and sorts by score (trec_eval breaks ties by document id)
-    gets exactly the ranking written: ragkit's runs have no ties, and rounding would make some.
+    Scores are written in the shortest form that reads back as the same number: a 32-bit
+    float's when the score is one (ragkit's runs hold only such scores, see
+    :func:`ragkit.measures.ranked_run`), else a 64-bit float's. A scorer that re-reads the file
+    at either precision and sorts by score (trec_eval breaks ties by document id) gets exactly
+    the ranking written: ragkit's runs have no ties, and rounding would make some.
 
     Example:
-        >>> print(trec_run({"q1": {"d2": 0.5, "d1": 17.000000000000004}}, "demo"), end="")
+        >>> print(trec_run({"q1": {"d2": 0.10000000149011612, "d1": 17.000000000000004}}, "demo"), end="")
         q1 Q0 d1 1 17.000000000000004 demo
-        q1 Q0 d2 2 0.5 demo
+        q1 Q0 d2 2 0.1 demo
     """
     lines = []
     for qid in sorted(run):
         ranked = sorted(run[qid].items(), key=lambda x: -x[1])
-        lines += [f"{qid} Q0 {doc} {rank} {float(score)!r} {tag}" for rank, (doc, score) in enumerate(ranked, 1)]
+        lines += [f"{qid} Q0 {doc} {rank} {_score_text(score)} {tag}" for rank, (doc, score) in enumerate(ranked, 1)]
     return "\n".join(lines) + "\n"
+
+
+def _score_text(score: float) -> str:
+    single = np.float32(score)
+    return str(single) if float(single) == score else repr(float(score))
 
 
 # DataFrames go into the result cache as plain JSON (never pickle): values, index, and the
