@@ -88,10 +88,11 @@ def _float32_below(score: float) -> float:
 def ranked_run(ranked: Sequence[tuple[str, float]]) -> dict[str, float]:
     """One query's run that keeps the order given, whatever scorer reads it.
 
-    Each score is rounded to the nearest normal 32-bit float (or 0), and made the next 32-bit float below the
-    one above it when rounding (or a tie) would not keep it strictly lower. Every score is then
-    exactly a float32 value, strictly decreasing, so pytrec_eval (which reads float32), the MS
-    MARCO evaluator (full precision) and a TREC file (written in full) all see this order.
+    Each score is rounded to the nearest normal 32-bit float (or 0), and made the next 32-bit
+    float below the one above it when rounding (or a tie) would not keep it strictly lower.
+    Every score is then exactly a float32 value, strictly decreasing, so pytrec_eval (which
+    reads float32), the MS MARCO evaluator (full precision) and a TREC file
+    (:func:`ragkit.results.trec_run`, read back at either precision) all see this order.
     Scores move by at most a few float32 steps, a relative 1e-7 each.
 
     Example:
