@@ -28,6 +28,8 @@ import pandas as pd
 
 from ragkit.cache import atomic_folder, check_writable
 from ragkit.measures import Run
+from ragkit.settings import SIGNIFICANCE_LEVEL
+from ragkit.stats import changed_queries_to_reject
 
 SUBSET_WARNING = (
     "ragkit subset, not the official split: these scores are not comparable with full-split (published) scores."
@@ -133,11 +135,61 @@ def _p(value: float) -> str:
     return f"{value:.2g}" if value >= 0.001 else "< 0.001"
 
 
+def _why_not_distinguishable(row: pd.Series, prefix: str, family: int) -> str:
+    """A sentence for a change that is not distinguishable although part of the evidence points
+    the other way: which of the two tests did not reject, or that the CI is not corrected for
+    the ``family`` comparisons made together. Empty when nothing needs explaining."""
+    if _is_true(row[f"{prefix} significant"]):
+        return ""
+    alpha = SIGNIFICANCE_LEVEL
+    perm, ttest = row[f"{prefix} p_perm_holm"], row[f"{prefix} p_ttest_holm"]
+    corrected = " (Holm-corrected)" if family > 1 else ""
+    rule = f"a change counts as distinguishable only when both tests reject at {alpha:g}"
+    if perm < alpha <= ttest:
+        return (f" The randomization test rejects no change (p {_p(perm)}{corrected}) but the paired t-test does not "
+                f"(p {_p(ttest)}): {rule}.")  # fmt: skip
+    if ttest < alpha <= perm:
+        return (f" The paired t-test rejects no change (p {_p(ttest)}{corrected}) but the randomization test does "
+                f"not (p {_p(perm)}): {rule}.")  # fmt: skip
+    if row[f"{prefix} ci_low"] > 0 or row[f"{prefix} ci_high"] < 0:
+        return (f" Its 95% CI excludes zero but is not corrected for the {family} comparisons made together; after "
+                f"Holm's correction neither test rejects at {alpha:g}.")  # fmt: skip
+    return ""
+
+
+def _evidence(row: pd.Series, prefix: str, n: int) -> str:
+    """What these queries could detect: the paired t-test's minimum detectable effect, the
+    randomization test's simulated power there, the queries the observed delta would need; or
+    why no effect is detectable."""
+    delta, mde, needed = row[f"{prefix} delta"], row[f"{prefix} mde"], row[f"{prefix} queries_needed"]
+    power, p_min = row.get(f"{prefix} power_perm", float("nan")), row.get(f"{prefix} p_perm_min", float("nan"))
+    changed = int(row[f"{prefix} wins"]) + int(row[f"{prefix} losses"])
+    if np.isfinite(mde):
+        text = (f" With this spread of per-query changes, a paired t-test on {n} queries detects changes of {mde:.3f} "
+                f"or more with 80% power")  # fmt: skip
+        if np.isfinite(power):
+            text += f"; the randomization test's power there, simulated on these per-query changes, is {power:.2f}"
+        text += "."
+        if not _is_true(row[f"{prefix} significant"]) and np.isfinite(needed) and needed > n:
+            text += f" About {needed:,.0f} queries would be needed to detect {delta:+.3f}."
+        return text
+    if changed == 0:
+        return f" No query's score changed, so these {n} queries cannot show a difference either way."
+    if np.isfinite(p_min) and p_min >= SIGNIFICANCE_LEVEL:
+        least = changed_queries_to_reject()
+        return (f" Only {changed} of the {n} queries changed score, so the randomization test cannot reject at "
+                f"{SIGNIFICANCE_LEVEL:g} whatever the change (its smallest possible p is {p_min:.2g}): it takes at "
+                f"least {least} queries whose score changes, about {np.ceil(least * n / changed):,.0f} queries at "
+                "this share.")  # fmt: skip
+    return " There are too few queries to say what this comparison could detect."
+
+
 def verdict(result: EvaluationResult) -> str:
     """See :meth:`EvaluationResult.verdict`."""
     meta, table, m = result.meta, result.table, result.measures[0]
     pipelines = {p["name"]: p for p in meta["pipelines"]}
     n = meta["n_queries"]
+    own_family = int(table["first_stage"].map(lambda f: isinstance(f, str)).sum())
     sentences = []
     for name, row in table.iterrows():
         first_stage = row.get("first_stage")
@@ -155,14 +207,8 @@ def verdict(result: EvaluationResult) -> str:
             f"(95% CI {_number(low)} to {_number(high)}, p {_p(row[f'{m} own p_perm_holm'])}) over {n} queries: "
             f"{judgement}."
         )
-        mde, needed = row[f"{m} own mde"], row[f"{m} own queries_needed"]
-        if np.isfinite(mde):
-            text += f" With this spread of per-query changes, {n} queries detect changes of {mde:.3f} or more"
-            if not _is_true(row[f"{m} own significant"]) and np.isfinite(needed) and needed > n:
-                text += f"; about {needed:,.0f} would be needed to detect {delta:+.3f}"
-            text += " (80% power)."
-        else:
-            text += " There are too few queries to say what this comparison could detect."
+        text += _why_not_distinguishable(row, f"{m} own", own_family)
+        text += _evidence(row, f"{m} own", n)
         share = row.get("truncated_pairs", float("nan"))
         if pd.notna(share) and share > 0:
             limit = f"the {p['max_length']} tokens" if p.get("max_length") else "what"
@@ -185,6 +231,8 @@ def verdict(result: EvaluationResult) -> str:
             text += f"{against} from it)"
         total = _ms(result.latency, name, "total")
         text += f" at {_milliseconds(total[0])} per query." if total is not None else "."
+        if not row["baseline"]:
+            text += _why_not_distinguishable(row, m, len(table) - 1)
         sentences.append(text)
     if meta["is_subset"]:
         sentences.append("These are scores on a ragkit subset, not the official split: compare the pipelines with "
@@ -386,8 +434,9 @@ class EvaluationResult:
             "interval, from inverting the paired randomization test, so it excludes 0 exactly when that test's "
             "uncorrected p-value is below 0.05; the Holm-corrected randomization p-value; wins/ties/losses over "
             "queries; MDE, the smallest delta these queries detect with 80% power in a paired t-test, given the "
-            "spread of the per-query deltas). `*`: significant at 0.05 by both the paired t-test and the "
-            "randomization test, after Holm's correction.",
+            "spread of the per-query deltas, `-` where fewer than 6 queries changed score and the randomization "
+            "test cannot reject at all). `*`: distinguishable from zero, that is significant at 0.05 by both the "
+            "paired t-test and the randomization test, after Holm's correction.",
             "",
         ]
         own = self.own_table()
