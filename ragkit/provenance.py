@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -20,12 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# The modules whose code decides what an evaluation computes. A stored result answers only
-# the code that computed it, so an edit to one of these (in an editable install, where the
-# version number stays put) recomputes; an edit to a plot, the CLI or a benchmark helper does not.
-COMPUTING_MODULES = (
-    "bm25", "data", "evaluate", "loaders", "measures", "models", "rerank", "retrievers", "settings", "stats",
-)  # fmt: skip
+# The module whose code, with everything it imports from ragkit, decides what an evaluation
+# computes. A stored result answers only the code that computed it, so an edit to any of those
+# modules (in an editable install, where the version number stays put) recomputes; an edit to a
+# plot, the CLI or a benchmark helper, which the engine never imports, does not.
+ENGINE_MODULE = "evaluate"
 
 
 def now() -> str:
@@ -88,11 +88,46 @@ def machine_state(device: str) -> tuple[Any, ...]:
     return device, device_description(device), torch.get_num_threads(), versions()
 
 
-def code_state() -> str:
-    """A digest of the source of ragkit's computing modules (``COMPUTING_MODULES``)."""
+def _ragkit_imports(source: str) -> set[str]:
+    """The ragkit modules a module's source imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ragkit."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == "ragkit":
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("ragkit.")}
+    return found
+
+
+def computing_modules(package: Path | None = None) -> list[str]:
+    """The modules whose code decides what an evaluation computes: ``evaluate`` and every
+    ragkit module it imports, directly or through others, read from the source rather than kept
+    by hand, so a module the engine starts to use is part of the cache key from then on.
+
+    Example:
+        >>> modules = computing_modules()
+        >>> "hybrid" in modules and "stats" in modules, "report" in modules or "cli" in modules
+        (True, False)
+    """
+    package = package or Path(__file__).parent
+    found, todo = set(), [ENGINE_MODULE]
+    while todo:
+        name = todo.pop()
+        path = package / f"{name}.py"
+        if name in found or not path.is_file():  # a subpackage's data, not a module
+            continue
+        found.add(name)
+        todo += sorted(_ragkit_imports(path.read_text(encoding="utf-8")) - found)
+    return sorted(found)
+
+
+def code_state(package: Path | None = None) -> str:
+    """A digest of the source of ragkit's computing modules (:func:`computing_modules`)."""
+    package = package or Path(__file__).parent
     digest = hashlib.sha256()
-    package = Path(__file__).parent
-    for name in COMPUTING_MODULES:
+    for name in computing_modules(package):
         digest.update(name.encode())
         digest.update((package / f"{name}.py").read_bytes())
     return digest.hexdigest()
