@@ -78,6 +78,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from ragkit.cache import check_writable
     from ragkit.loaders import resolve_device
     from ragkit.measures import parse_measures
+    from ragkit.report import REPORT_LAYOUT
 
     # Everything that can be wrong with the options is found here, before any work.
     if args.subset < 0:
@@ -125,7 +126,7 @@ def evaluate(args: argparse.Namespace) -> int:
                      chunk_overlap=args.chunk_overlap, chunk_unit=args.chunk_unit, passage_score=args.passage_score,
                      max_lengths=max_lengths)  # fmt: skip
     skipped = skipped_combinations(args.k, top_ns) if any(rerankers) else []
-    output = check_writable(args.output)  # fail now, not after minutes of scoring
+    output = check_writable(args.output, REPORT_LAYOUT)  # fail now, not after minutes of scoring
 
     from ragkit.data import load_beir, make_subset, sample_queries
     from ragkit.evaluate import experiment, pool
@@ -135,6 +136,9 @@ def evaluate(args: argparse.Namespace) -> int:
     names = [c.name for c in collections]
     if len(set(names)) != len(names):
         raise ConfigError(f"--dataset names a collection twice ({', '.join(names)}): give each one once.")
+    if len(collections) > 1:
+        for name in names:  # each collection's own report goes in a folder of its name
+            check_writable(output / name, REPORT_LAYOUT)
     for k, top_n in skipped:
         print(f"note: k={k} with top_n={top_n} is left out: a reranker cannot return more than its k candidates.")
     results = []
