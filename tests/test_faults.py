@@ -7,6 +7,7 @@ paragraph naming the path or option."""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import subprocess
 import sys
@@ -267,3 +268,112 @@ def test_a_cache_record_that_does_not_fit_is_reported_and_the_run_goes_on(tmp_pa
         assert cache.write("runs", "key", [[["d1", 0.5]]]) is None
     assert "Not caching" in caplog.text and "bytes" in caplog.text
     assert not any((tmp_path / "cache" / "runs").iterdir())
+
+
+# ----------------------------------------------------------------------------- a result that disagrees with itself
+
+
+def _cell(frame: dict, row: str, column: str) -> tuple[int, int]:
+    return frame["index"].index(row), frame["columns"].index(column)
+
+
+def _set_mean(payload: dict, pipeline: str, measure: str, value: float) -> dict:
+    i, j = _cell(payload["table"], pipeline, measure)
+    payload["table"]["data"][i][j] = value
+    return payload
+
+
+def _set_delta(payload: dict, pipeline: str, measure: str, value: float) -> dict:
+    return _set_mean(payload, pipeline, f"{measure} delta", value)
+
+
+def _set_query_value(payload: dict, pipeline: str, measure: str, value: float) -> dict:
+    rows = payload["per_query"]["data"]
+    row = next(r for r in rows if r[0] == pipeline and r[2] == measure)
+    row[3] = value
+    return payload
+
+
+def _drop_query_row(payload: dict, pipeline: str, measure: str) -> dict:
+    rows = payload["per_query"]["data"]
+    rows.remove(next(r for r in rows if r[0] == pipeline and r[2] == measure))
+    payload["per_query"]["index"] = payload["per_query"]["index"][: len(rows)]
+    return payload
+
+
+def _drop_run_query(payload: dict, pipeline: str, measure: str) -> dict:
+    run = payload["runs"][pipeline]
+    del run[sorted(run)[0]]
+    return payload
+
+
+def _deepen_run(payload: dict, pipeline: str, measure: str) -> dict:
+    run = payload["runs"][pipeline]
+    first = sorted(run)[0]
+    run[first] = {**run[first], **{f"planted-{i}": -1000.0 - i for i in range(120)}}
+    return payload
+
+
+def _more_queries(payload: dict, pipeline: str, measure: str) -> dict:
+    payload["meta"]["n_queries"] += 1
+    return payload
+
+
+EDITS = {
+    "a baseline mean": (lambda p, b, r, m: _set_mean(p, b, m, 1.0), "per-query values average"),
+    "a reranked mean": (lambda p, b, r, m: _set_mean(p, r, m, 0.9999), "per-query values average"),
+    "a delta": (lambda p, b, r, m: _set_delta(p, r, m, 0.5), "delta"),
+    "a per-query value": (lambda p, b, r, m: _set_query_value(p, r, m, 1.0), "per-query values average"),
+    "a per-query row": (lambda p, b, r, m: _drop_query_row(p, r, m), "queries"),
+    "a query of a run": (lambda p, b, r, m: _drop_run_query(p, r, m), "run"),
+    "a run deeper than its pipeline": (lambda p, b, r, m: _deepen_run(p, b, m), "documents"),
+    "the query count": (lambda p, b, r, m: _more_queries(p, b, m), "queries"),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_a_stored_result_edited_and_re_signed_is_discarded_and_recomputed(demo, reranked, cache, caplog, edit):
+    from ragkit.cache import _content_hash
+
+    first = experiment(demo, reranked, **QUIET)
+    stored = _only(cache / "results")
+    record = json.loads(stored.read_text())
+    names = list(first.table.index)
+    change, _ = EDITS[edit]
+    record["payload"] = change(record["payload"], names[0], names[1], first.measures[0])
+    record["sha256"] = _content_hash(record["payload"])  # re-signed: the checksum alone cannot tell
+    stored.write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        again = experiment(demo, reranked, **QUIET)
+    assert again.meta["reused_result"] is False
+    assert str(stored) in caplog.text and "disagrees with itself" in caplog.text
+    pd.testing.assert_frame_equal(again.table, first.table)
+    assert experiment(demo, reranked, **QUIET).meta["reused_result"] is True
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_loading_a_result_that_disagrees_with_itself_is_a_clear_error(demo, reranked, cache, edit):
+    from ragkit.errors import DataError
+    from ragkit.results import EvaluationResult
+
+    result = experiment(demo, reranked, **QUIET)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert EvaluationResult.from_dict(data).runs == result.runs  # a sound result loads as it was
+    names = list(result.table.index)
+    change, words = EDITS[edit]
+    with pytest.raises(DataError) as error:
+        EvaluationResult.from_dict(change(data, names[0], names[1], result.measures[0]))
+    message = str(error.value)
+    assert message.startswith("This result disagrees with itself") and words in message
+    assert any(name in message for name in names) or "queries" in message
+
+
+def test_the_table_means_are_checked_to_the_precision_stored(demo, reranked, cache):
+    from ragkit.results import EvaluationResult
+
+    data = json.loads(json.dumps(experiment(demo, reranked, **QUIET).to_dict()))
+    name, measure = data["table"]["index"][1], data["meta"]["measures"][0]
+    i, j = _cell(data["table"], name, measure)
+    mean = data["table"]["data"][i][j]
+    data["table"]["data"][i][j] = round(mean, 4)  # rounded as a table prints it: still the same mean
+    assert EvaluationResult.from_dict(data).table.loc[name, measure] == round(mean, 4)
