@@ -377,3 +377,71 @@ def test_the_table_means_are_checked_to_the_precision_stored(demo, reranked, cac
     mean = data["table"]["data"][i][j]
     data["table"]["data"][i][j] = round(mean, 4)  # rounded as a table prints it: still the same mean
     assert EvaluationResult.from_dict(data).table.loc[name, measure] == round(mean, 4)
+
+
+# ----------------------------------------------------------------------------- options checked before heavy imports
+
+HEAVY = ("torch", "chromadb", "sentence_transformers", "langchain")
+
+
+def _cli_in_a_new_process(args: list[str]) -> tuple[int, str, list[str]]:
+    """``ragkit`` run with ``args`` in a fresh interpreter: its exit status, what it printed on
+    standard error, and which heavy libraries it had imported by then."""
+    code = (
+        "import sys; from ragkit.cli import main; code = main(sys.argv[1:]); "
+        f"print(sorted({{m for m in sys.modules if m.split('.')[0].startswith({HEAVY!r})}})); sys.exit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stderr, json.loads(done.stdout.strip().replace("'", '"'))
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens there once it is closed
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--chunk-sizes", "-5"], "--chunk-sizes"),
+        (["--chroma-host", "127.0.0.1", "--chroma-port", "CLOSED"], "--chroma-port"),
+        (["--chroma-host", "127.0.0.1", "--chroma-port", "70000"], "--chroma-port"),
+        (["--k", "0"], "--k"),
+        (["--k", "5", "--top-n", "10"], "--top-n"),
+        (["--top-n", "0"], "--top-n"),
+        (["--chunk-sizes", "100", "--chunk-overlap", "200"], "--chunk-overlap"),
+        (["--max-lengths", "0"], "--max-lengths"),
+        (["--hybrid", "--fusion-weights", "0", "1"], "--fusion-weights"),
+        (["--fusion-weights", "0.7", "0.3"], "--hybrid"),
+        (["--device", "gpu0"], "--device"),
+        (["--devices", "cpu", "tpu0"], "--devices"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--latency-queries", "-1"], "--latency-queries"),
+        (["--subset", "-3"], "--subset"),
+        (["--queries", "5", "--subset", "5"], "--queries"),
+        (["--measures", "P@0"], "P@0"),
+        (["--embedders", "nope/model"], "nope/model"),
+        (["--output", "FILE/report"], "--output"),
+    ],
+)
+def test_every_option_is_checked_before_torch_chromadb_or_langchain_is_imported(tmp_path, cache, args, option):
+    (tmp_path / "file").write_text("not a folder")
+    args = [{"CLOSED": str(_closed_port()), "FILE/report": str(tmp_path / "file" / "report")}.get(a, a) for a in args]
+    if "--output" not in args:
+        args += ["--output", str(tmp_path / "report")]
+    code, err, heavy = _cli_in_a_new_process(["eval", "--dataset", "demo", *args])
+    assert code == 2, err
+    assert err.startswith("ragkit: error:") and option in err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err  # one paragraph
+    assert heavy == []
+    assert not (tmp_path / "report").exists() and not cache.exists()
+
+
+def test_python_m_ragkit_refuses_a_bad_option_with_exit_status_2():
+    done = subprocess.run([sys.executable, "-m", "ragkit", "eval", "--chunk-sizes", "-5"], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == "ragkit: error: --chunk-sizes takes whole numbers of at least 1 or 'none', got '-5'.\n"
