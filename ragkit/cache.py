@@ -13,7 +13,11 @@ The stores, under ``settings.cache_dir()`` (``$RAGKIT_CACHE_DIR``, else ``~/.cac
 Nothing read back is trusted. Stores hold data formats only (JSON, SQLite, Chroma's own
 files), never pickles. Every JSON record carries its store, format, key and a sha256 of its
 content, and the caller's own check of what it claims to be (which queries, how deep); a
-record that fails any of these is logged with its path, deleted and recomputed.
+record that fails any of these is logged with its path, deleted and recomputed, and so is a
+path of the wrong kind (a folder where a record file belongs, a file where a store's folder
+does). A pair-score database another process holds locked is waited for, then reported,
+never deleted. A write that does not fit on the disk is a :class:`DiskFullError` naming the
+path and the bytes it needs, and leaves nothing half-written behind.
 
 Example:
     >>> import tempfile
@@ -329,7 +333,10 @@ class PairScoreCache:
             log.warning("Ignoring damaged cache file %s (%s); starting it afresh.", self.path, exc)
             for suffix in ("", "-journal", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            self._db = self._open()
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError as again:
+                raise self._fail(again) from again
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.timeout)

@@ -225,13 +225,18 @@ def _frame_from_json(data: dict[str, Any]) -> pd.DataFrame:
     return df
 
 
-def _agrees(stored: float, recomputed: float) -> bool:
-    """Whether a stored statistic is ``recomputed`` to the precision it is stored at: a mean
-    rounded to 4 decimals agrees within half its last digit, a full one within float noise."""
+def _decimals(value: float) -> int:
+    """The decimals a stored number is written with (17 for a float at full precision)."""
+    text = repr(float(value))
+    return len(text.split(".")[1]) if "." in text and "e" not in text and np.isfinite(value) else 17
+
+
+def _agrees(stored: float, recomputed: float, decimals: int) -> bool:
+    """Whether a stored statistic is ``recomputed`` to the precision the table is stored at
+    (``decimals``): rounded to 4 decimals, within half the last digit; at full precision,
+    within float noise."""
     if not (np.isfinite(stored) and np.isfinite(recomputed)):
         return bool(np.isnan(stored) and np.isnan(recomputed)) or stored == recomputed
-    text = repr(float(stored))
-    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 17
     return abs(stored - recomputed) <= max(0.5 * 10.0**-decimals, 1e-9 * max(1.0, abs(recomputed)))
 
 
@@ -274,9 +279,13 @@ def _disagreement(result: EvaluationResult) -> str | None:
     if len(queries) != n:
         return f"it holds per-query values for {len(queries)} queries, and says it evaluated {n} queries"
     means = per_query.groupby(["pipeline", "measure"])["value"].mean()
+    # The precision is the table's, not each number's: one mean edited to a short value (0.7)
+    # in a table stored at full precision is held to full precision.
+    columns = [c for c in table.columns if c in measures or c.endswith(" delta")]
+    decimals = max((_decimals(v) for v in table[columns].to_numpy(dtype=float).ravel() if np.isfinite(v)), default=17)
     for name in names:
         for m in measures:
-            if not _agrees(table.loc[name, m], means[(name, m)]):
+            if not _agrees(table.loc[name, m], means[(name, m)], decimals):
                 return (f"{name}'s {m} is {table.loc[name, m]:.4f}, but its {n} per-query values average "
                         f"{means[(name, m)]:.4f}")  # fmt: skip
     for name in names:
@@ -287,7 +296,7 @@ def _disagreement(result: EvaluationResult) -> str | None:
                 if not isinstance(reference, str) or reference == name or column not in table.columns:
                     continue
                 delta = means[(name, m)] - means[(reference, m)]
-                if not _agrees(table.loc[name, column], delta):
+                if not _agrees(table.loc[name, column], delta, decimals):
                     return (f"{name}'s {m} delta against {reference} is {table.loc[name, column]:+.4f}, but the "
                             f"per-query values give {delta:+.4f}")  # fmt: skip
     pipelines = {p["name"]: p for p in meta["pipelines"]}

@@ -250,7 +250,7 @@ def test_a_report_larger_than_the_free_space_is_refused_before_its_first_byte(
     assert 0.9 * written <= needed <= 1.1 * written  # the size asked for is the report's
 
 
-def test_a_cache_record_that_does_not_fit_is_reported_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+def test_a_cache_record_that_does_not_fit_is_reported_and_skipped(tmp_path, monkeypatch, caplog):
     import os
 
     from ragkit.cache import DiskFullError, atomic_write
@@ -369,14 +369,24 @@ def test_loading_a_result_that_disagrees_with_itself_is_a_clear_error(demo, rera
 
 
 def test_the_table_means_are_checked_to_the_precision_stored(demo, reranked, cache):
+    from ragkit.errors import DataError
     from ragkit.results import EvaluationResult
 
     data = json.loads(json.dumps(experiment(demo, reranked, **QUIET).to_dict()))
-    name, measure = data["table"]["index"][1], data["meta"]["measures"][0]
-    i, j = _cell(data["table"], name, measure)
-    mean = data["table"]["data"][i][j]
-    data["table"]["data"][i][j] = round(mean, 4)  # rounded as a table prints it: still the same mean
-    assert EvaluationResult.from_dict(data).table.loc[name, measure] == round(mean, 4)
+    table = data["table"]
+    columns = [j for j, c in enumerate(table["columns"]) if c in data["meta"]["measures"] or c.endswith(" delta")]
+    name, measure = table["index"][1], data["meta"]["measures"][0]
+    i, j = _cell(table, name, measure)
+    mean = table["data"][i][j]
+    rounded = json.loads(json.dumps(data))
+    for row in rounded["table"]["data"]:  # every mean and delta rounded, as a table prints them
+        for c in columns:
+            row[c] = None if row[c] is None else round(row[c], 4)
+    assert EvaluationResult.from_dict(rounded).table.loc[name, measure] == round(mean, 4)
+    table["data"][i][j] = round(mean, 2)  # one mean made short in a table stored at full precision
+    assert round(mean, 2) != mean
+    with pytest.raises(DataError, match="per-query values average"):
+        EvaluationResult.from_dict(data)
 
 
 # ----------------------------------------------------------------------------- options checked before heavy imports
