@@ -1,6 +1,8 @@
 """The ``ragkit`` command line: argument parsing and checking only; the work happens in the
 modules it calls. Every option is checked before any model is loaded or any file written, and
-every error is one paragraph on standard error with exit status 2, never a traceback.
+all that can be checked without them before torch, chromadb or LangChain is even imported (a
+typo costs a second, not the minute those imports can take on a busy machine). Every error is
+one paragraph on standard error with exit status 2, never a traceback.
 """
 
 from __future__ import annotations
