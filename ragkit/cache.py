@@ -328,7 +328,7 @@ class PairScoreCache:
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as exc:
-            if _is_locked(exc):
+            if _is_locked(exc) or _sqlite_code(exc) == sqlite3.SQLITE_FULL:  # not damage: the file stays
                 raise self._fail(exc) from exc
             log.warning("Ignoring damaged cache file %s (%s); starting it afresh.", self.path, exc)
             for suffix in ("", "-journal", "-wal", "-shm"):
@@ -358,12 +358,18 @@ class PairScoreCache:
         """The key of one (query, passage) pair: a sha256 of both texts."""
         return hashlib.sha256(f"{query}\x1f{passage}".encode()).hexdigest()
 
-    def _fail(self, exc: sqlite3.DatabaseError) -> CacheError:
+    def _fail(self, exc: sqlite3.DatabaseError) -> RagkitError:
         if _is_locked(exc):
             return CacheError(
                 f"The pair-score cache {self.path} is locked by another ragkit process (it stayed locked for "
                 f"{self.timeout:g} s while that process writes to it). Wait for that run to finish, or stop it, "
                 "and run again; nothing was deleted."
+            )
+        if _sqlite_code(exc) == sqlite3.SQLITE_FULL:
+            return DiskFullError(
+                f"The pair-score cache {self.path} cannot grow: its disk is full ({_free_bytes(self.path.parent):,} "
+                "bytes free). Free some space there, or point RAGKIT_CACHE_DIR at another disk; the scores it holds "
+                "were kept."
             )
         return CacheError(
             f"The pair-score cache {self.path} cannot be used ({exc}). Delete that file (or run "
@@ -539,11 +545,17 @@ class Cache:
         return problems
 
 
+def _sqlite_code(exc: sqlite3.DatabaseError) -> int | None:
+    """SQLite's primary result code of an error (``SQLITE_BUSY``, ``SQLITE_FULL``...)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 def _is_locked(exc: sqlite3.DatabaseError) -> bool:
     """Whether SQLite gave up waiting for another connection's lock (busy), not found damage."""
-    code = getattr(exc, "sqlite_errorcode", None)
+    code = _sqlite_code(exc)
     if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 

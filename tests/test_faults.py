@@ -270,6 +270,22 @@ def test_a_cache_record_that_does_not_fit_is_reported_and_skipped(tmp_path, monk
     assert not any((tmp_path / "cache" / "runs").iterdir())
 
 
+
+def test_a_pair_score_database_that_cannot_grow_keeps_its_scores_and_says_the_disk_is_full(tmp_path):
+    from ragkit.cache import DiskFullError
+
+    db = tmp_path / "pair_scores.sqlite"
+    scores = PairScoreCache(db)
+    scores.put("model", {"kept": 0.5})
+    pages = scores._db.execute("PRAGMA page_count").fetchone()[0]
+    scores._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own limit: the file cannot grow
+    with pytest.raises(DiskFullError) as error:
+        scores.put("model", {f"pair {i}": i / 10_000 for i in range(10_000)})
+    assert str(db) in str(error.value) and "disk is full" in str(error.value)
+    assert "Delete that file" not in str(error.value)
+    assert scores.get("model", ["kept"]) == {"kept": 0.5}
+    scores.close()
+
 # ----------------------------------------------------------------------------- a result that disagrees with itself
 
 
