@@ -270,7 +270,6 @@ def test_a_cache_record_that_does_not_fit_is_reported_and_skipped(tmp_path, monk
     assert not any((tmp_path / "cache" / "runs").iterdir())
 
 
-
 def test_a_pair_score_database_that_cannot_grow_keeps_its_scores_and_says_the_disk_is_full(tmp_path):
     from ragkit.cache import DiskFullError
 
@@ -285,6 +284,7 @@ def test_a_pair_score_database_that_cannot_grow_keeps_its_scores_and_says_the_di
     assert "Delete that file" not in str(error.value)
     assert scores.get("model", ["kept"]) == {"kept": 0.5}
     scores.close()
+
 
 # ----------------------------------------------------------------------------- a result that disagrees with itself
 
