@@ -13,7 +13,11 @@ The stores, under ``settings.cache_dir()`` (``$RAGKIT_CACHE_DIR``, else ``~/.cac
 Nothing read back is trusted. Stores hold data formats only (JSON, SQLite, Chroma's own
 files), never pickles. Every JSON record carries its store, format, key and a sha256 of its
 content, and the caller's own check of what it claims to be (which queries, how deep); a
-record that fails any of these is logged with its path, deleted and recomputed.
+record that fails any of these is logged with its path, deleted and recomputed, and so is a
+path of the wrong kind (a folder where a record file belongs, a file where a store's folder
+does). A pair-score database another process holds locked is waited for, then reported,
+never deleted. A write that does not fit on the disk is a :class:`DiskFullError` naming the
+path and the bytes it needs, and leaves nothing half-written behind.
 
 Example:
     >>> import tempfile
@@ -27,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -70,6 +76,9 @@ STORES = {
     "results": "whole evaluation results",
 }
 _PAIR_SCORES_FILE = "pair_scores.sqlite"
+# How long to wait for the pair-score database while another process holds it locked: a
+# writer commits one chunk of scores at a time, so a lock held longer is a stuck or paused run.
+LOCK_TIMEOUT_S = 30.0
 # Stores of older ragkit versions that nothing reads any more; `ragkit cache clear` removes them.
 _RETIRED = ("experiments",)
 
@@ -102,25 +111,71 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
         '{"ok": true}'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent)
+    if path.is_dir():
+        raise RagkitError(f"Cannot write {path}: it is a folder, and a file is written there. Move it away.")
     payload = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
+        check_space(path.parent, len(payload), what=str(path))
         with open(tmp, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        tmp.unlink(missing_ok=True)
+        raise DiskFullError(_no_space(str(path), path.parent, f"{len(payload):,}", "")) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def check_writable(folder: str | Path) -> Path:
-    """Prove that files can be written into ``folder`` before any long work, leaving nothing
-    behind: a folder this check had to create is removed again.
+class DiskFullError(RagkitError):
+    """A file or folder that does not fit on its disk; the message names it and the bytes it needs."""
 
-    Raises a ``RagkitError`` naming the folder and the reason otherwise.
+
+# What the operating system says when a disk, or the user's quota on it, is full.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _free_bytes(folder: Path) -> int:
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    return shutil.disk_usage(existing).free
+
+
+def _no_space(what: str, folder: Path, needed: str, fix: str) -> str:
+    return (
+        f"Not enough space to write {what}: it needs {needed} bytes, and {folder} has {_free_bytes(folder):,} "
+        f"bytes free. Free some space there{fix}."
+    )
+
+
+def check_space(folder: str | Path, needed: int, *, what: str | None = None, fix: str = "") -> None:
+    """Raise a :class:`DiskFullError` naming ``what`` (default: the folder) and the bytes it
+    needs unless ``folder``'s disk has ``needed`` bytes free; ``fix`` adds another way out."""
+    folder = Path(folder)
+    if _free_bytes(folder) < needed:
+        raise DiskFullError(_no_space(what or str(folder), folder, f"about {needed:,}", fix))
+
+
+def _make_folder(folder: Path) -> None:
+    """``folder.mkdir(parents=True)``, or a ``RagkitError`` naming the file in the way."""
+    for parent in [*reversed(folder.parents), folder]:
+        if parent.exists() and not parent.is_dir():
+            raise RagkitError(f"Cannot write into {folder}: {parent} is a file, not a folder. Move that file away.")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def check_writable(folder: str | Path, layout: dict[str, bool] | None = None) -> Path:
+    """Prove that files can be written into ``folder`` before any long work, leaving nothing
+    behind: a folder this check had to create is removed again. ``layout`` maps the names
+    that will be written inside it to whether each is a folder: an existing entry of the
+    other kind is refused now rather than after the work.
+
+    Raises a ``RagkitError`` naming the path and the reason otherwise.
 
     Example:
         >>> target = Path(tempfile.mkdtemp()) / "new" / "report"
@@ -128,6 +183,24 @@ def check_writable(folder: str | Path) -> Path:
         (True, False)
     """
     folder = Path(folder)
+    for parent in [*reversed(folder.parents), folder]:
+        if parent.exists() and not parent.is_dir():
+            raise RagkitError(
+                f"Cannot write the report to {folder}: {parent} is a file, not a folder. Choose another folder "
+                "with --output, or move that file away."
+            )
+    for name, is_folder in (layout or {}).items():
+        entry = folder / name
+        if is_folder and entry.exists() and not entry.is_dir():
+            wrong = "is a file where the report writes a folder"
+        elif not is_folder and entry.is_dir():
+            wrong = "is a folder where the report writes a file"
+        else:
+            continue
+        raise RagkitError(
+            f"Cannot write the report to {folder}: {entry} {wrong}. Move it away, or choose another folder "
+            "with --output."
+        )
     created = []
     try:
         for parent in [*reversed(folder.parents), folder]:
@@ -168,10 +241,15 @@ def _remove_abandoned_temp_folders(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_folder(folder: str | Path) -> Iterator[Path]:
+def atomic_folder(folder: str | Path, *, needed: int | None = None) -> Iterator[Path]:
     """Write a folder's files into a temporary folder inside it, then move them into place
     together: an interrupted write never leaves a half-written set that looks complete, and
     temporary folders that killed writers left behind are removed.
+
+    ``needed``: the bytes the files will take, checked to be free before anything is written.
+    A disk that fills all the same is a :class:`DiskFullError` naming the folder and the bytes;
+    then, as after any failure, nothing is left behind: no temporary folder, and no folder this
+    call created.
 
     Example:
         >>> target = Path(tempfile.mkdtemp())
@@ -181,18 +259,43 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
         ['a.txt']
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_temp_folders(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_FOLDER_PREFIX}{os.getpid()}-", dir=folder))
+    created = [p for p in [*reversed(folder.parents), folder] if not p.exists()]
+    _make_folder(folder)
+    fix = ", or choose another folder (--output)"
+    tmp = None
+    done = False
     try:
+        if needed is not None:
+            check_space(folder, needed, fix=fix)
+        _remove_abandoned_temp_folders(folder)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_FOLDER_PREFIX}{os.getpid()}-", dir=folder))
         yield tmp
-        for item in tmp.iterdir():
+        items = sorted(tmp.iterdir())
+        for item in items:  # all checked before any is moved: never half a set in place
+            target = folder / item.name
+            if item.is_dir() != target.is_dir() and (target.exists() or target.is_symlink()):
+                kind = "a folder" if target.is_dir() else "a file"
+                raise RagkitError(f"Cannot write {target}: {kind} of that name is in the way. Move it away.")
+        for item in items:
             target = folder / item.name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(item, target)
-    finally:
+        done = True
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp else 0
+        size = f"about {needed:,}" if needed is not None else f"more than the {written:,}"
         shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskFullError(_no_space(str(folder), folder, size, fix)) from exc
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            for made in reversed(created):
+                with contextlib.suppress(OSError):  # a folder someone else has filled meanwhile stays
+                    made.rmdir()
 
 
 # ----------------------------------------------------------------------------- the stores
@@ -204,7 +307,8 @@ class PairScoreCache:
 
     Scores are committed as they are computed (each :meth:`put` is one transaction), so an
     interrupted run keeps what it scored. A damaged file is detected when opened, logged with
-    its path, and replaced by an empty one.
+    its path, and replaced by an empty one. A file another process holds locked is waited for
+    (``timeout`` seconds) and then reported, never taken for damage: it is that process's work.
 
     Example:
         >>> scores = PairScoreCache(Path(tempfile.mkdtemp()) / "pair_scores.sqlite")
@@ -215,19 +319,27 @@ class PairScoreCache:
         >>> scores.close()
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, timeout: float = LOCK_TIMEOUT_S) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+        _make_folder(self.path.parent)
+        if self.path.is_dir():
+            _discard(self.path, "a folder, not a database file")
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as exc:
+            if _is_locked(exc) or _sqlite_code(exc) == sqlite3.SQLITE_FULL:  # not damage: the file stays
+                raise self._fail(exc) from exc
             log.warning("Ignoring damaged cache file %s (%s); starting it afresh.", self.path, exc)
             for suffix in ("", "-journal", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            self._db = self._open()
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError as again:
+                raise self._fail(again) from again
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
+        db = sqlite3.connect(self.path, timeout=self.timeout)
         try:
             status = db.execute("PRAGMA quick_check").fetchone()[0]
             if status != "ok":
@@ -246,7 +358,19 @@ class PairScoreCache:
         """The key of one (query, passage) pair: a sha256 of both texts."""
         return hashlib.sha256(f"{query}\x1f{passage}".encode()).hexdigest()
 
-    def _fail(self, exc: sqlite3.DatabaseError) -> CacheError:
+    def _fail(self, exc: sqlite3.DatabaseError) -> RagkitError:
+        if _is_locked(exc):
+            return CacheError(
+                f"The pair-score cache {self.path} is locked by another ragkit process (it stayed locked for "
+                f"{self.timeout:g} s while that process writes to it). Wait for that run to finish, or stop it, "
+                "and run again; nothing was deleted."
+            )
+        if _sqlite_code(exc) == sqlite3.SQLITE_FULL:
+            return DiskFullError(
+                f"The pair-score cache {self.path} cannot grow: its disk is full ({_free_bytes(self.path.parent):,} "
+                "bytes free). Free some space there, or point RAGKIT_CACHE_DIR at another disk; the scores it holds "
+                "were kept."
+            )
         return CacheError(
             f"The pair-score cache {self.path} cannot be used ({exc}). Delete that file (or run "
             "`ragkit cache clear pair_scores`) and run again; the scores will be recomputed."
@@ -292,6 +416,12 @@ class Cache:
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else cache_dir()
+        for parent in [*reversed(self.root.parents), self.root]:
+            if parent.exists() and not parent.is_dir():
+                raise CacheError(
+                    f"ragkit's cache folder {self.root} cannot be used: {parent} is a file, not a folder. Move that "
+                    "file away, or point RAGKIT_CACHE_DIR at a folder."
+                )
 
     def path(self, store: str) -> Path:
         """Where a store lives: a folder, or for ``pair_scores`` the SQLite file."""
@@ -302,8 +432,9 @@ class Cache:
     def record_path(self, store: str, key: str) -> Path:
         return self.path(store) / f"{key}.json"
 
-    def write(self, store: str, key: str, payload: Any) -> Path:
-        """Store ``payload`` (JSON-serialisable) under ``key``, with its checksum."""
+    def write(self, store: str, key: str, payload: Any) -> Path | None:
+        """Store ``payload`` (JSON-serialisable) under ``key``, with its checksum; returns its
+        path, or ``None`` (with a warning) when it does not fit on the cache's disk."""
         record = {
             "ragkit_cache": store,
             "format": FORMATS[store],
@@ -311,7 +442,16 @@ class Cache:
             "sha256": _content_hash(payload),
             "payload": payload,
         }
-        return atomic_write(self.record_path(store, key), json.dumps(record))
+        folder, path = self.path(store), self.record_path(store, key)
+        if folder.exists() and not folder.is_dir():
+            _discard(folder, "a file, not the store's folder")
+        elif path.is_dir() or (path.exists() and not path.is_file()):
+            _discard(path, "a folder, not a record file" if path.is_dir() else "not a regular file")
+        try:
+            return atomic_write(path, json.dumps(record))
+        except DiskFullError as exc:  # the work is done and correct: it is only not kept for the next run
+            log.warning("Not caching %s: %s", path, exc)
+            return None
 
     def read(self, store: str, key: str, *, check: Callable[[Any], str | None] | None = None) -> Any | None:
         """The payload stored under ``key``, or ``None`` when there is none.
@@ -323,6 +463,11 @@ class Cache:
         """
         path = self.record_path(store, key)
         if not path.is_file():
+            folder = self.path(store)
+            if folder.exists() and not folder.is_dir():
+                _discard(folder, "a file, not the store's folder")
+            elif path.exists() or path.is_symlink():
+                _discard(path, "a folder, not a record file" if path.is_dir() else "not a regular file")
             return None
         problem = _record_problem(path, store, key)
         payload = None
@@ -334,14 +479,14 @@ class Cache:
                 except Exception as exc:  # noqa: BLE001 - any failure means the record is not what it claims
                     problem = f"unexpected content ({type(exc).__name__}: {exc})"
         if problem is not None:
-            log.warning("Ignoring damaged cache file %s (%s); recomputing it.", path, problem)
-            path.unlink(missing_ok=True)
+            _discard(path, problem)
             return None
         return payload
 
-    def pair_scores(self) -> PairScoreCache:
-        """The pair-score store, opened (close it when done)."""
-        return PairScoreCache(self.path("pair_scores"))
+    def pair_scores(self, *, timeout: float = LOCK_TIMEOUT_S) -> PairScoreCache:
+        """The pair-score store, opened (close it when done); ``timeout``: seconds to wait while
+        another process holds it locked."""
+        return PairScoreCache(self.path("pair_scores"), timeout=timeout)
 
     # -- listing, clearing, verifying
 
@@ -398,6 +543,29 @@ class Cache:
             except sqlite3.DatabaseError as exc:
                 problems.append((db_path, str(exc)))
         return problems
+
+
+def _sqlite_code(exc: sqlite3.DatabaseError) -> int | None:
+    """SQLite's primary result code of an error (``SQLITE_BUSY``, ``SQLITE_FULL``...)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def _is_locked(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite gave up waiting for another connection's lock (busy), not found damage."""
+    code = _sqlite_code(exc)
+    if code is not None:
+        return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def _discard(path: Path, problem: str) -> None:
+    """Remove a cache path that is not what the cache keeps there, so that it is recomputed."""
+    log.warning("Ignoring damaged cache file %s (%s); recomputing it.", path, problem)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _record_problem(path: Path, store: str, key: str) -> str | None:

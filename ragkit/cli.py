@@ -1,17 +1,25 @@
 """The ``ragkit`` command line: argument parsing and checking only; the work happens in the
 modules it calls. Every option is checked before any model is loaded or any file written, and
-every error is one paragraph on standard error with exit status 2, never a traceback.
+all that can be checked without them before torch, chromadb or LangChain is even imported (a
+typo costs a second, not the minute those imports can take on a busy machine). Every error is
+one paragraph on standard error with exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
+import socket
 import sys
 from collections.abc import Sequence
 
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.settings import DEFAULT_DEVICE, DEFAULT_EMBEDDER, DEFAULT_EVAL_QUERIES, DEFAULT_RERANKER, HYBRID_WEIGHTS
+
+# Seconds to wait for a Chroma server to accept a connection before calling it unreachable.
+CHROMA_PROBE_TIMEOUT_S = 3.0
 
 SMOKE_QUERY = "How does a cross-encoder rerank retrieved passages?"
 SMOKE_PASSAGES = [
@@ -72,14 +80,36 @@ def _whole_or_number(option: str, value: str) -> int | None:
     return int(value)
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    """Run the grid the options describe on each collection, print the verdict and the table,
-    write the report (and, for several collections, one report each plus the pooled one)."""
-    from ragkit.cache import check_writable
-    from ragkit.loaders import resolve_device
-    from ragkit.measures import parse_measures
+def _check_device_name(option: str, device: str) -> None:
+    """The form of a device name, checked before torch is imported (which devices this machine
+    has is asked of torch later)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?|mps", device):
+        raise ConfigError(
+            f"{option}: unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' (N = 0, 1, ...) or 'mps'."
+        )
 
-    # Everything that can be wrong with the options is found here, before any work.
+
+def _check_chroma_server(host: str, port: int) -> None:
+    """That something accepts connections at ``host:port``: a plain socket, so that a wrong
+    address is reported before chromadb (seconds to import) is loaded to talk to it."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--chroma-port must be a TCP port (1-65535), got {port!r}.")
+    if not host:
+        raise ConfigError("--chroma-host is empty: give the server's host name or address.")
+    try:
+        socket.create_connection((host, port), timeout=CHROMA_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"No Chroma server answers at {host}:{port} (--chroma-host/--chroma-port): {exc.strerror or exc}. "
+            f"Start one with `chroma run --path DIR --host {host} --port {port}`, check the address, or leave both "
+            "options out to use the embedded index in ragkit's cache."
+        ) from None
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Every check of the options that needs neither torch, nor chromadb, nor LangChain: they
+    take seconds to import, and a mistyped option should fail at once. (Which devices this
+    machine has, and whether the Chroma server speaks Chroma, are checked once they are loaded.)"""
     if args.subset < 0:
         raise ConfigError(f"--subset must be 0 (no subset) or a number of queries, got {args.subset}.")
     if args.queries is not None and args.queries < 0:
@@ -91,41 +121,83 @@ def evaluate(args: argparse.Namespace) -> int:
     _positive("--latency-queries", [args.latency_queries], least=0)
     if args.batch_size is not None:
         _positive("--batch-size", [args.batch_size])
-    measures = [str(m) for m in parse_measures(args.measures)]
-    embedders = [_check_model(e, "embedder") for e in args.embedders if e.lower() != "none"]
+    chunk_sizes = [_whole_or_number("--chunk-sizes", v) for v in args.chunk_sizes]
+    for size in (s for s in chunk_sizes if s is not None):
+        if not 0 <= args.chunk_overlap < size:
+            raise ConfigError(
+                f"--chunk-overlap ({args.chunk_overlap}) must be at least 0 and less than each --chunk-sizes entry "
+                f"({size}): consecutive chunks would share everything. Use a smaller overlap (e.g. {size // 8})."
+            )
+    for value in args.max_lengths:
+        _whole_or_number("--max-lengths", value)
+    embedders = [e for e in args.embedders if e.lower() != "none"]
     if not embedders and not args.bm25:
         raise ConfigError("No first stage: --embedders none needs --bm25.")
     if args.hybrid and not embedders:
         raise ConfigError("--hybrid fuses each embedder's ranking with BM25's: it needs at least one of --embedders.")
-    from ragkit.hybrid import check_weights
-
-    weights = check_weights(args.fusion_weights)
+    if not all(math.isfinite(w) and w > 0 for w in args.fusion_weights):
+        raise ConfigError(
+            "Fusion weights must be two positive numbers, dense then BM25 (e.g. --fusion-weights 0.5 0.5), "
+            f"got {args.fusion_weights}."
+        )
     if args.fusion_weights != list(HYBRID_WEIGHTS) and not args.hybrid:
         raise ConfigError("--fusion-weights weighs the hybrid first stage: add --hybrid, or leave the weights out.")
+    if any(r.lower() != "none" for r in args.rerankers):
+        top_ns = args.top_n or []
+        for k in args.k:
+            if top_ns and all(n > k for n in top_ns):
+                raise ConfigError(
+                    f"No reranked pipeline with --k {k}: every top_n ({', '.join(map(str, top_ns))}) is more than "
+                    f"the {k} candidates the reranker sees. Use --top-n values <= --k, or a larger --k."
+                )
+    _check_device_name("--device", args.device)
+    for device in args.devices or []:
+        _check_device_name("--devices", device)
+    if args.chroma_host is not None and embedders:
+        _check_chroma_server(args.chroma_host, args.chroma_port)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Run the grid the options describe on each collection, print the verdict and the table,
+    write the report (and, for several collections, one report each plus the pooled one)."""
+    # Everything that can be wrong with the options is found here, before any work: first
+    # what needs no library at all, then the measures, models and output folder.
+    _check_options(args)
+    from ragkit.cache import check_writable
+    from ragkit.measures import parse_measures
+    from ragkit.report import REPORT_LAYOUT
+
+    measures = [str(m) for m in parse_measures(args.measures)]
+    embedders = [_check_model(e, "embedder") for e in args.embedders if e.lower() != "none"]
+    rerankers = [None if r.lower() == "none" else _check_model(r, "cross-encoder") for r in args.rerankers]
+    output = check_writable(args.output, REPORT_LAYOUT)  # fail now, not after minutes of scoring
+
+    # What only torch, chromadb and LangChain can tell.
+    from ragkit.evaluate import grid, skipped_combinations
+    from ragkit.hybrid import check_weights
+    from ragkit.loaders import resolve_device
+
     chroma_server = None
     if args.chroma_host is not None and embedders:
         from ragkit.retrievers import connect_chroma
 
-        connect_chroma(args.chroma_host, args.chroma_port)  # fails now if nothing answers
+        connect_chroma(args.chroma_host, args.chroma_port)  # that it is a Chroma server
         chroma_server = (args.chroma_host, args.chroma_port)
-    rerankers = [None if r.lower() == "none" else _check_model(r, "cross-encoder") for r in args.rerankers]
     device = resolve_device(args.device)
     devices = None
     if args.devices is not None:
         from ragkit.loaders import check_devices
 
         devices = check_devices(args.devices, option="--devices")
-    from ragkit.evaluate import grid, skipped_combinations
-
     top_ns = args.top_n or [None]
     chunk_sizes = [_whole_or_number("--chunk-sizes", v) for v in args.chunk_sizes]
     max_lengths = [_whole_or_number("--max-lengths", v) for v in args.max_lengths]
-    pipelines = grid(embedders, rerankers, args.k, top_ns, bm25=args.bm25, hybrid=args.hybrid, fusion_weights=weights,
-                     reranker_dtypes=args.reranker_dtypes, truncate=args.truncate, chunk_sizes=chunk_sizes,
-                     chunk_overlap=args.chunk_overlap, chunk_unit=args.chunk_unit, passage_score=args.passage_score,
+    pipelines = grid(embedders, rerankers, args.k, top_ns, bm25=args.bm25, hybrid=args.hybrid,
+                     fusion_weights=check_weights(args.fusion_weights), reranker_dtypes=args.reranker_dtypes,
+                     truncate=args.truncate, chunk_sizes=chunk_sizes, chunk_overlap=args.chunk_overlap,
+                     chunk_unit=args.chunk_unit, passage_score=args.passage_score,
                      max_lengths=max_lengths)  # fmt: skip
     skipped = skipped_combinations(args.k, top_ns) if any(rerankers) else []
-    output = check_writable(args.output)  # fail now, not after minutes of scoring
 
     from ragkit.data import load_beir, make_subset, sample_queries
     from ragkit.evaluate import experiment, pool
@@ -135,6 +207,9 @@ def evaluate(args: argparse.Namespace) -> int:
     names = [c.name for c in collections]
     if len(set(names)) != len(names):
         raise ConfigError(f"--dataset names a collection twice ({', '.join(names)}): give each one once.")
+    if len(collections) > 1:
+        for name in names:  # each collection's own report goes in a folder of its name
+            check_writable(output / name, REPORT_LAYOUT)
     for k, top_n in skipped:
         print(f"note: k={k} with top_n={top_n} is left out: a reranker cannot return more than its k candidates.")
     results = []

@@ -11,16 +11,19 @@ Example::
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ragkit.cache import atomic_folder, check_writable
-from ragkit.results import EvaluationResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from ragkit.results import EvaluationResult
 
 
 def _label(name: str) -> str:
@@ -157,24 +160,55 @@ def markdown_summary(result: EvaluationResult) -> str:
     return result.to_markdown(plots=[(file, caption) for file, caption, _ in PLOTS])
 
 
+# What a report folder holds, name -> whether it is a folder: what ``write_report`` writes
+# (``EvaluationResult.write_files`` and ``PLOTS``), so that a path of the wrong kind in the way
+# is refused before any work.
+REPORT_LAYOUT = {
+    **dict.fromkeys(("results.csv", "per_query.csv", "latency.csv", "results.json", "summary.md"), False),
+    "runs": True,
+    **dict.fromkeys((file for file, _, _ in PLOTS), False),
+}
+
+
 def write_report(result: EvaluationResult, folder: str | Path) -> Path:
     """Write the result's files (``results.csv``, ``results.json``, ``per_query.csv``,
     ``latency.csv``, TREC runs under ``runs/``, ``summary.md``) and the three plots of
     ``PLOTS`` into ``folder``.
 
     Files are written to a temporary folder first and moved into place, so an interrupted
-    write never leaves a half-written report that looks complete.
+    write never leaves a half-written report that looks complete. The plots are drawn first,
+    so that the report's size is known and checked to fit on the disk before its first byte
+    is written (a ``DiskFullError`` naming the folder and the bytes needed otherwise).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder = check_writable(folder)
-    with atomic_folder(folder) as tmp:
+    folder = check_writable(folder, REPORT_LAYOUT)
+    images = {}
+    for file, _, plot in PLOTS:
+        fig = plot(result)
+        image = io.BytesIO()
+        fig.savefig(image, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        images[file] = image.getvalue()
+    needed = report_bytes(result) + sum(len(image) for image in images.values())
+    with atomic_folder(folder, needed=needed) as tmp:
         result.write_files(tmp, plots=[(file, caption) for file, caption, _ in PLOTS])
-        for file, _, plot in PLOTS:
-            fig = plot(result)
-            fig.savefig(tmp / file, dpi=110, bbox_inches="tight")
-            plt.close(fig)
+        for file, image in images.items():
+            (tmp / file).write_bytes(image)
     return folder
+
+
+def report_bytes(result: EvaluationResult) -> int:
+    """About how many bytes a report's files take, plots left out: its TREC runs, CSV files,
+    ``results.json`` and ``summary.md`` as ``EvaluationResult.write_files`` writes them."""
+    from ragkit.results import slug, trec_run
+
+    runs = sum(len(trec_run(run, slug(name))) for name, run in result.runs.items())
+    tables = len(result.table.to_csv()) + len(result.per_query.to_csv(index=False))
+    tables += 2 * len(result.latency.to_csv(index=False))  # latency.csv, and its records in results.json
+    data = len(json.dumps(result.meta, indent=2)) + len(result.table.to_json(orient="index"))
+    summary = len(result.to_markdown(plots=[(file, caption) for file, caption, _ in PLOTS]))
+    return runs + tables + data + summary

@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from ragkit.cache import atomic_folder, check_writable
+from ragkit.errors import DataError
 from ragkit.measures import Run
-from ragkit.settings import SIGNIFICANCE_LEVEL
+from ragkit.settings import FIRST_STAGE_DEPTH, SIGNIFICANCE_LEVEL
 from ragkit.stats import changed_queries_to_reject
 
 SUBSET_WARNING = (
@@ -269,6 +270,93 @@ def _frame_from_json(data: dict[str, Any]) -> pd.DataFrame:
     if data["index_name"] is None and df.index.tolist() == list(range(len(df))):
         df.index = pd.RangeIndex(len(df))
     return df
+
+
+def _decimals(value: float) -> int:
+    """The decimals a stored number is written with (17 for a float at full precision)."""
+    text = repr(float(value))
+    return len(text.split(".")[1]) if "." in text and "e" not in text and np.isfinite(value) else 17
+
+
+def _agrees(stored: float, recomputed: float, decimals: int) -> bool:
+    """Whether a stored statistic is ``recomputed`` to the precision the table is stored at
+    (``decimals``): rounded to 4 decimals, within half the last digit; at full precision,
+    within float noise."""
+    if not (np.isfinite(stored) and np.isfinite(recomputed)):
+        return bool(np.isnan(stored) and np.isnan(recomputed)) or stored == recomputed
+    return abs(stored - recomputed) <= max(0.5 * 10.0**-decimals, 1e-9 * max(1.0, abs(recomputed)))
+
+
+def _run_depth(pipeline: dict[str, Any]) -> int | None:
+    """The most documents a pipeline's run holds per query (``Pipeline.depth``; ``top_n`` when
+    truncated), or ``None`` when the record does not say."""
+    k = pipeline.get("k")
+    if not isinstance(k, int):
+        return None
+    if not pipeline.get("reranker"):
+        return k
+    return pipeline.get("top_n", k) if pipeline.get("truncate") else max(k, FIRST_STAGE_DEPTH)
+
+
+def _disagreement(result: EvaluationResult) -> str | None:
+    """What in a result disagrees with the rest of it, or ``None``: every check recomputes
+    something the result holds twice (a mean and its per-query values, the queries and the
+    count in ``meta``, a run and its pipeline's depth)."""
+    meta, table, per_query = result.meta, result.table, result.per_query
+    names = [p["name"] for p in meta["pipelines"]]
+    if list(table.index) != names:
+        return f"its table holds the pipelines {list(table.index)}, its meta names {names}"
+    if result.runs and set(result.runs) != set(names):
+        return f"its runs are of {sorted(result.runs)}, its pipelines are {names}"
+    if meta["baseline"] not in names:
+        return f"its baseline {meta['baseline']!r} is none of its pipelines"
+    measures = list(meta["measures"])
+    absent = [m for m in measures if m not in table.columns]
+    if not measures or absent:
+        return f"its table has no column for the measures {absent or measures}"
+    if set(per_query["pipeline"]) != set(names) or set(per_query["measure"]) != set(measures):
+        return "its per-query values are of other pipelines or measures than its table"
+    if per_query.duplicated(["pipeline", "query_id", "measure"]).any():
+        return "its per-query values score a query twice"
+    n = meta["n_queries"]
+    queries = set(per_query["query_id"])
+    for (name, m), ids in per_query.groupby(["pipeline", "measure"], sort=False)["query_id"]:
+        if len(ids) != len(queries):
+            return f"{name} has {m} values for {len(ids)} queries, the others for {len(queries)}"
+    if len(queries) != n:
+        return f"it holds per-query values for {len(queries)} queries, and says it evaluated {n} queries"
+    means = per_query.groupby(["pipeline", "measure"])["value"].mean()
+    # The precision is the table's, not each number's: one mean edited to a short value (0.7)
+    # in a table stored at full precision is held to full precision.
+    columns = [c for c in table.columns if c in measures or c.endswith(" delta")]
+    decimals = max((_decimals(v) for v in table[columns].to_numpy(dtype=float).ravel() if np.isfinite(v)), default=17)
+    for name in names:
+        for m in measures:
+            if not _agrees(table.loc[name, m], means[(name, m)], decimals):
+                return (f"{name}'s {m} is {table.loc[name, m]:.4f}, but its {n} per-query values average "
+                        f"{means[(name, m)]:.4f}")  # fmt: skip
+    for name in names:
+        references = [("", meta["baseline"]), (" own", table.loc[name].get("first_stage"))]
+        for m in measures:
+            for own, reference in references:
+                column = f"{m}{own} delta"
+                if not isinstance(reference, str) or reference == name or column not in table.columns:
+                    continue
+                delta = means[(name, m)] - means[(reference, m)]
+                if not _agrees(table.loc[name, column], delta, decimals):
+                    return (f"{name}'s {m} delta against {reference} is {table.loc[name, column]:+.4f}, but the "
+                            f"per-query values give {delta:+.4f}")  # fmt: skip
+    pipelines = {p["name"]: p for p in meta["pipelines"]}
+    for name, run in result.runs.items():
+        if set(run) != queries:
+            return f"{name}'s run holds {len(run)} queries, not the {n} queries its values are of"
+        depth, deepest = _run_depth(pipelines[name]), max((len(hits) for hits in run.values()), default=0)
+        if depth is not None and deepest > depth:
+            return f"{name}'s run holds {deepest} documents for a query, and the pipeline returns at most {depth}"
+    for frame, what in ((result.latency, "latency"), (result.timings, "timings")):
+        if "pipeline" in frame and not set(frame["pipeline"]) <= set(names):
+            return f"its {what} are of pipelines it does not hold"
+    return None
 
 
 @dataclass
@@ -523,25 +611,36 @@ class EvaluationResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
-        """The result :meth:`to_dict` described; raises on anything that is not such a result."""
-        missing = [k for k in RESULT_META if k not in data["meta"]]
-        if missing:
-            raise ValueError(f"meta lacks {missing}")
-        runs = {
-            str(name): {str(q): {str(d): float(s) for d, s in hits.items()} for q, hits in run.items()}
-            for name, run in data["runs"].items()
-        }
-        result = cls(
-            table=_frame_from_json(data["table"]),
-            per_query=_frame_from_json(data["per_query"]),
-            latency=_frame_from_json(data["latency"]),
-            runs=runs,
-            meta=dict(data["meta"]),
-            timings=_frame_from_json(data["timings"]),
-        )
-        names = [p["name"] for p in result.meta["pipelines"]]
-        if list(result.table.index) != names or (runs and set(runs) != set(names)):
-            raise ValueError("the table and runs do not hold the pipelines the result names")
+        """The result :meth:`to_dict` described, checked against itself: its means are
+        recomputed from its per-query values, and its pipelines, measures, queries and runs
+        must agree with one another. Raises :class:`~ragkit.errors.DataError` saying what
+        disagrees otherwise (a result edited or damaged since it was computed)."""
+        try:
+            missing = [k for k in RESULT_META if k not in data["meta"]]
+            if missing:
+                raise DataError(f"Not a ragkit result: its meta lacks {missing}.")
+            runs = {
+                str(name): {str(q): {str(d): float(s) for d, s in hits.items()} for q, hits in run.items()}
+                for name, run in data["runs"].items()
+            }
+            result = cls(
+                table=_frame_from_json(data["table"]),
+                per_query=_frame_from_json(data["per_query"]),
+                latency=_frame_from_json(data["latency"]),
+                runs=runs,
+                meta=dict(data["meta"]),
+                timings=_frame_from_json(data["timings"]),
+            )
+            problem = _disagreement(result)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"Not a ragkit result ({type(exc).__name__}: {exc}).") from exc
+        if problem is not None:
+            raise DataError(
+                f"This result disagrees with itself: {problem}. It was changed after it was computed; "
+                "compute it again (`ragkit eval`, or experiment())."
+            )
         return result
 
     # -- as files
