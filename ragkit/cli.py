@@ -110,6 +110,10 @@ def _check_options(args: argparse.Namespace) -> None:
     """Every check of the options that needs neither torch, nor chromadb, nor LangChain: they
     take seconds to import, and a mistyped option should fail at once. (Which devices this
     machine has, and whether the Chroma server speaks Chroma, are checked once they are loaded.)"""
+    from ragkit.data import locate_collection
+
+    for name in args.dataset:  # a known name or a collection's folder, with judgements for --split
+        locate_collection(name, args.split)
     if args.subset < 0:
         raise ConfigError(f"--subset must be 0 (no subset) or a number of queries, got {args.subset}.")
     if args.queries is not None and args.queries < 0:

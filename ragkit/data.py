@@ -38,12 +38,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import cache, cached_property
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-import ir_measures
-from langchain_core.documents import Document
-from tqdm.auto import tqdm
-
-from ragkit.bm25 import BM25Index
 from ragkit.errors import ConfigError, DataError
 from ragkit.settings import (
     BEIR_DIR_ENV,
@@ -58,6 +54,14 @@ from ragkit.settings import (
     data_dir,
     env_flag,
 )
+
+# Loaded where used: checking a collection's name (the command line does so before any work)
+# must not wait for LangChain, ir-measures or bm25s to import.
+if TYPE_CHECKING:
+    import ir_measures
+    from langchain_core.documents import Document
+
+    from ragkit.bm25 import BM25Index
 
 __all__ = [
     "DEMO_DIR",
@@ -178,6 +182,8 @@ class BeirCollection:
             >>> doc.metadata["doc_id"], doc.page_content[:10]
             ('d03', 'Embeddings')
         """
+        from langchain_core.documents import Document
+
         return [
             Document(page_content=self.text(doc_id), metadata={"doc_id": doc_id, "title": doc.title})
             for doc_id, doc in self.corpus.items()
@@ -213,6 +219,8 @@ class BeirCollection:
             >>> load_beir("demo").qrels_list()[0]
             Qrel(query_id='q1', doc_id='d17', relevance=2, iteration='0')
         """
+        import ir_measures
+
         return [
             ir_measures.Qrel(query_id, doc_id, grade)
             for query_id, docs in self.qrels.items()
@@ -303,29 +311,56 @@ def load_beir(name_or_path: str | Path, split: str = "test", *, download: bool =
         >>> load_beir("demo")
         BeirCollection(name='demo', split='test', docs=40, queries=8, judgements=35)
     """
+    folder, name = _resolve(name_or_path, split)
+    if folder is not None:
+        return _load_checked(folder, name, split)
+    parent, _, forum = name.partition("/")
+    if not download:
+        raise DataError(_not_here_message(name, split, ["download=False was passed to load_beir"]))
+    folder, collection = _download(parent, split)
+    if forum:
+        return _load_checked(folder / forum, name, split)
+    if collection is not None and collection.split == split:
+        return collection
+    return _load_checked(folder, name, split)
+
+
+def locate_collection(name_or_path: str | Path, split: str = "test") -> Path | None:
+    """Where :func:`load_beir` would read a collection from, checked without reading it: its
+    folder, or ``None`` for a known collection that is not on this machine yet (``load_beir``
+    downloads it). Raises the :class:`~ragkit.errors.DataError` ``load_beir`` would for an
+    unknown name, a folder that is not a BEIR collection, or a split it has no judgements for;
+    it imports nothing heavy, so the command line checks ``--dataset`` before any work.
+
+    Example:
+        >>> from ragkit.data import locate_collection
+        >>> locate_collection("demo").name
+        'demo'
+    """
+    folder, _ = _resolve(name_or_path, split)
+    if folder is not None:
+        _check_layout(folder, split)
+    return folder
+
+
+def _resolve(name_or_path: str | Path, split: str) -> tuple[Path | None, str]:
+    """The folder a name or path stands for and the collection's name; the folder is ``None``
+    for a known collection to download."""
     name = str(name_or_path)
     if isinstance(name_or_path, Path) or not _looks_like_name(name):
-        return _load_checked(Path(name_or_path), Path(name_or_path).name, split)
+        return Path(name_or_path), Path(name_or_path).name
     if name == "demo":
-        return _load_checked(DEMO_DIR, "demo", split)
+        return DEMO_DIR, "demo"
     candidates = [data_dir() / "beir" / name]
     if beir_dir() is not None:
         candidates.insert(0, beir_dir() / name)
     for folder in candidates:
         if folder.is_dir():
-            return _load_checked(folder, name, split)
-    parent, _, forum = name.partition("/")
-    if _is_downloadable(parent):
-        if not download:
-            raise DataError(_not_here_message(name, split, ["download=False was passed to load_beir"]))
-        folder, collection = _download(parent, split)
-        if forum:
-            return _load_checked(folder / forum, name, split)
-        if collection is not None and collection.split == split:
-            return collection
-        return _load_checked(folder, name, split)
+            return folder, name
+    if _is_downloadable(name.partition("/")[0]):
+        return None, name
     if Path(name).is_dir():
-        return _load_checked(Path(name), Path(name).name, split)
+        return Path(name), Path(name).name
     searched = ", ".join(str(folder) for folder in candidates)
     raise DataError(
         f"{name!r} is neither a known collection nor a folder. Looked in: {searched}. "
@@ -497,6 +532,8 @@ def _hard_negatives(
 ) -> list[list[str]]:
     """Per query, its best BM25 hits that are not judged for that query."""
     if index is None:
+        from ragkit.bm25 import BM25Index
+
         doc_ids = sorted(collection.corpus)
         index = BM25Index.from_texts(doc_ids, [collection.text(doc_id) for doc_id in doc_ids])
     elif len(index) != len(collection.corpus) or not collection.corpus.keys() >= set(index.ids):
@@ -525,7 +562,8 @@ def _load_checked(folder: Path, name: str, split: str) -> BeirCollection:
     return collection
 
 
-def _load_folder(folder: Path, name: str, split: str) -> BeirCollection:
+def _check_layout(folder: Path, split: str) -> None:
+    """That ``folder`` holds a BEIR collection with judgements for ``split``, by its files alone."""
     if not folder.is_dir():
         raise DataError(
             f"{folder} is not a folder. A BEIR collection is a folder holding corpus.jsonl, queries.jsonl "
@@ -539,7 +577,7 @@ def _load_folder(folder: Path, name: str, split: str) -> BeirCollection:
         if forums:
             raise DataError(
                 f"{folder} holds several collections ({', '.join(forums)}), not one; load one of them, "
-                f"e.g. load_beir({(name + '/' + forums[0])!r}) or load_beir(Path({str(folder / forums[0])!r}))."
+                f"e.g. load_beir({(folder.name + '/' + forums[0])!r}) or load_beir(Path({str(folder / forums[0])!r}))."
             )
         raise DataError(
             f"{folder} is not a complete BEIR collection: {' and '.join(missing)} missing. "
@@ -554,6 +592,11 @@ def _load_folder(folder: Path, name: str, split: str) -> BeirCollection:
             f"Pass split=... to load_beir."
         )
 
+
+def _load_folder(folder: Path, name: str, split: str) -> BeirCollection:
+    _check_layout(folder, split)
+    corpus_path, queries_path = folder / "corpus.jsonl", folder / "queries.jsonl"
+    qrels_path = folder / "qrels" / f"{split}.tsv"
     qrels = _read_qrels(qrels_path)
     corpus = _read_corpus(corpus_path)
     all_queries = _read_queries(queries_path)
@@ -869,6 +912,8 @@ def _fetch_url(url: str, dest: Path, description: str) -> str:
         with urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S) as response, dest.open("wb") as out:
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
+            from tqdm.auto import tqdm
+
             progress = tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=description)
             with progress as bar:
                 while chunk := response.read(1 << 20):

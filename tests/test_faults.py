@@ -451,6 +451,9 @@ def _closed_port() -> int:
         (["--measures", "P@0"], "P@0"),
         (["--embedders", "nope/model"], "nope/model"),
         (["--output", "FILE/report"], "--output"),
+        (["--dataset", "no-such-collection"], "no-such-collection"),
+        (["--dataset", "FILE/report"], "is not a folder"),
+        (["--split", "train"], "no judgements for split 'train'"),
     ],
 )
 def test_every_option_is_checked_before_torch_chromadb_or_langchain_is_imported(tmp_path, cache, args, option):
@@ -458,7 +461,8 @@ def test_every_option_is_checked_before_torch_chromadb_or_langchain_is_imported(
     args = [{"CLOSED": str(_closed_port()), "FILE/report": str(tmp_path / "file" / "report")}.get(a, a) for a in args]
     if "--output" not in args:
         args += ["--output", str(tmp_path / "report")]
-    code, err, heavy = _cli_in_a_new_process(["eval", "--dataset", "demo", *args])
+    dataset = [] if "--dataset" in args else ["--dataset", "demo"]
+    code, err, heavy = _cli_in_a_new_process(["eval", *dataset, *args])
     assert code == 2, err
     assert err.startswith("ragkit: error:") and option in err
     assert err.strip().count("\n") == 0 and "Traceback" not in err  # one paragraph
