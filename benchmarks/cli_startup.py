@@ -54,6 +54,8 @@ def cases() -> list[tuple[str, list[str]]]:
         ("--device gpu0", ["--device", "gpu0"]),
         ("--hybrid --fusion-weights 0 1", ["--hybrid", "--fusion-weights", "0", "1"]),
         ("--measures P@0", ["--measures", "P@0"]),
+        ("--dataset no-such-collection", ["--dataset", "no-such-collection"]),
+        ("--split train", ["--split", "train"]),
     ]
 
 
