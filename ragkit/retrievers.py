@@ -34,9 +34,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,45 @@ HNSW = {"space": "cosine", "ef_search": 400}
 # there. Chroma requires batch_size <= sync_threshold. These decide when vectors reach disk,
 # never what a search returns, so they key the index (its layout) but are not part of HNSW.
 _HNSW_PERSISTENCE = {"sync_threshold": 1, "batch_size": 1}
+
+
+def _add_plan(total: int, max_batch: int, batches_per_save: int) -> tuple[int, list[int]]:
+    """The sync threshold and the sizes of the adds that build an index of ``total`` vectors,
+    so that Chroma saves its HNSW index every ``batches_per_save`` adds or so, and the last
+    save comes with the last add.
+
+    Chroma saves once the vectors added since its last save reach the threshold, inside the
+    add that reaches it. So the adds come in runs of about ``threshold`` vectors, each run's
+    odd part first and its last add a full ``max_batch``: the threshold is crossed exactly by
+    each run's last add (runs differ by one vector at most, and ``max_batch`` is at least 2),
+    the whole index is on disk when the build ends, and every add but the few odd parts is as
+    large as Chroma accepts.
+
+    Example:
+        >>> _add_plan(12, 5, 1)
+        (4, [4, 4, 4])
+        >>> _add_plan(23, 5, 2)
+        (7, [3, 5, 3, 5, 2, 5])
+    """
+    if total < 1:
+        return 1, []
+    runs = max(1, -(-total // (max_batch * batches_per_save)))
+    threshold, longer = divmod(total, runs)  # the first `longer` runs hold one vector more
+    sizes: list[int] = []
+    for run in range(runs):
+        full, odd = divmod(threshold + (run < longer), max_batch)
+        sizes += [odd] * bool(odd) + [max_batch] * full
+    return threshold, sizes
+
+
 # ragkit's record beside Chroma's files in a persist directory: per collection, the digest of
 # its HNSW segment files and its probe (see _seal). Chroma never reads or writes it.
 INDEX_RECORD = "ragkit-index.json"
+# The lock a build holds on its persist directory (an OS lock, released when the process ends,
+# however it ends), so that processes sharing a cache build each index once: the others wait,
+# then check and reuse what the first built. It sits in the folder and is never deleted with
+# the index (see _discard), so that a rebuild is covered by the same lock as the build.
+BUILD_LOCK = "ragkit-build.lock"
 # The probe: stored vectors of a few records, chosen by a hash of their ids, that must come
 # back as their own nearest neighbour among the first few hits, at (almost) zero distance.
 # A few neighbours, not one, so that records with (near-)identical vectors still pass.
@@ -924,9 +961,17 @@ def _release_chroma(directory: Path) -> None:
 
 
 def _discard(directory: Path) -> None:
+    """Delete the index in ``directory``, all but the build lock this process holds on it:
+    a process waiting for that lock must find the same lock file once it gets it."""
     _release_chroma(directory)
     try:
-        shutil.rmtree(directory)
+        for path in directory.iterdir():
+            if path.name == BUILD_LOCK:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     except FileNotFoundError:
         pass
     except OSError as exc:
@@ -935,6 +980,33 @@ def _discard(directory: Path) -> None:
             f"Delete that folder (or run `ragkit cache clear`) and run again."
         ) from exc
     directory.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """Hold the build lock of ``directory`` (created if need be), waiting while another
+    process (or thread) holds it. A lock file deleted while this one waited (a folder
+    removed as a whole) is no lock any more: it is made and taken again."""
+    import fcntl
+
+    path = directory / BUILD_LOCK
+    while True:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as handle:  # append: opening never truncates another's lock file
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("Waiting for another process building the Chroma index in %s.", directory)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                continue
+            held = os.fstat(handle.fileno())
+            if (current.st_dev, current.st_ino) != (held.st_dev, held.st_ino):
+                continue
+            yield
+            return
 
 
 def _persistent_index(
@@ -1127,6 +1199,11 @@ def build_chroma_index(
     you gave, ragkit deletes nothing and raises ``CacheError`` saying how to fix it. On a
     ``client`` only the probe applies (there are no files).
 
+    Processes sharing a cache (several ``ragkit eval`` at once) build each index once: a
+    build holds an OS lock on its folder (``ragkit-build.lock`` in it), the others wait for
+    it, then check the finished index as above and reuse it. No process deletes a folder
+    another is building.
+
     Args:
         documents: LangChain Documents, each with ``metadata["doc_id"]`` (or ``Document.id``).
         embedder: a model name, loaded with ``HuggingFaceEmbeddingsLoader(embedder, model_kwargs,
@@ -1201,7 +1278,23 @@ def build_chroma_index(
 
     ours = persist_directory is None  # a folder in ragkit's cache, which ragkit may delete
     directory = Path(persist_directory) if persist_directory is not None else cache_dir() / "chroma" / fingerprint
-    directory.mkdir(parents=True, exist_ok=True)
+    with _build_lock(directory):
+        return _locked_build(directory, ours, records, embeddings, fingerprint, name, rebuild=rebuild, **options)
+
+
+def _locked_build(
+    directory: Path,
+    ours: bool,
+    records: list[_Record],
+    embeddings: Embeddings,
+    fingerprint: str,
+    name: str,
+    *,
+    rebuild: bool,
+    **options: Any,
+) -> ChromaIndex:
+    """Reuse, complete or build the index in ``directory`` while holding its build lock:
+    nothing else builds or deletes it meanwhile. ``ours``: a folder of ragkit's cache."""
     try:
         return _persistent_index(directory, records, embeddings, fingerprint, name, rebuild=rebuild, **options)
     except _DamagedIndex as damage:
