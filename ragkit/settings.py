@@ -113,6 +113,11 @@ RRF_C = 60
 HYBRID_WEIGHTS = (0.5, 0.5)  # dense, BM25
 FUSION_DEPTH = FIRST_STAGE_DEPTH
 INDEX_BATCH_SIZE = 256  # documents embedded and added to Chroma per step (capped by Chroma's limit)
+# Dense search is exact (one matrix product over the stored vectors, held in memory) for an
+# index of at most this many vectors, and Chroma's HNSW search above: exact search is faster
+# one query at a time up to about there (the crossover of benchmarks/results/scaling-cpu.md,
+# 384-d vectors on 2 CPU cores), and returns the true nearest neighbours. 0: always HNSW.
+EXACT_SEARCH_MAX_VECTORS = 100_000
 # (query, passage) pairs per cross-encoder forward pass, by kind of device. On a CPU small
 # batches are fastest: on 2 cores the pooled stream scored about 30% more SciFact pairs per
 # second in batches of 8 than of 32, and the per-query path as many in batches of 2-8 (less
