@@ -35,6 +35,15 @@ FIELDS = {
     "recall@100",
     "exact_ms_per_query",
     "build_written_mb",
+    "written_vs_disk",
+    "bare_build_s",
+    "bare_build_docs_per_s",
+    "build_vs_bare",
+    "bare_p50_ms",
+    "p50_vs_bare",
+    "exact_p50_ms",
+    "exact_batch_s",
+    "exact_recall@100",
     "extrapolated",
 }
 
@@ -72,8 +81,10 @@ def test_one_row_per_size_with_every_figure(measured):
     for row in rows[:2]:
         assert FIELDS <= set(row), FIELDS - set(row)
         assert row["extrapolated"] is False
-        for field in FIELDS - {"documents", "extrapolated", "build_written_mb"}:
+        for field in FIELDS - {"documents", "extrapolated", "build_written_mb", "written_vs_disk"}:
             assert row[field] > 0, field
+        assert row["exact_recall@100"] == 1.0  # exact search is exact
+        assert row["p50_vs_bare"] == pytest.approx(row["p50_ms"] / row["bare_p50_ms"])
         assert row["build_written_mb"] is None or row["build_written_mb"] >= 0  # None where /proc/self/io is not
         assert row["p95_ms"] >= row["p50_ms"]
         # A high-water mark never falls: the build's is at least the one after imports.
@@ -119,6 +130,18 @@ def test_a_slowing_build_is_pointed_out(scaling):
     assert scaling._slowdown_notes(progress[:1], [row]) == []  # one chunk: nothing to compare
 
 
+def test_the_crossover_is_where_exact_and_hnsw_latencies_meet(measured, scaling):
+    record = measured[0]
+    assert set(record["crossover"]) == {"exact_faster_at", "documents"}
+    rows = [
+        {"documents": 10_000, "p50_ms": 2.0, "exact_p50_ms": 1.0, "extrapolated": False},
+        {"documents": 100_000, "p50_ms": 2.0, "exact_p50_ms": 4.0, "extrapolated": False},
+    ]
+    found = scaling.exact_crossover(rows)
+    assert found["exact_faster_at"] == [10_000] and found["documents"] == 31_623  # halfway, log-log
+    assert scaling.exact_crossover(rows[:1])["documents"] is None
+
+
 def test_hnsw_finds_the_exact_top_100(measured):
     for row in measured[0]["tables"]["scaling"][:2]:
         assert row["recall@100"] >= 0.9, row
@@ -130,8 +153,13 @@ def test_records_ragkits_chroma_configuration_and_provenance(measured, scaling):
     params, env = record["parameters"], record["environment"]
     assert params["hnsw_configuration"]["space"] == "cosine"
     assert params["hnsw_configuration"]["ef_search"] == scaling.HNSW["ef_search"]
-    assert params["hnsw_configuration"]["sync_threshold"] == scaling._HNSW_PERSISTENCE["sync_threshold"]
-    assert params["add_batch_size"] == scaling.INDEX_BATCH_SIZE
+    # The largest size built last: its configuration is ragkit's for that many vectors.
+    built = record["tables"]["scaling"][1]["documents"]
+    assert (
+        params["hnsw_configuration"]["sync_threshold"]
+        == scaling._persistence(built, params["add_batch_size"])["sync_threshold"]
+    )
+    assert params["batches_per_save"] == scaling._BATCHES_PER_SAVE
     assert env["libraries"]["chromadb"] and env["versions"]["torch"] and env["date"]
     assert isinstance(env["load_average_1min_at_start"], float)
     assert env["load_average_1min_during"]["samples"] >= 1 and env["load_average_1min_during"]["max"] >= 0
