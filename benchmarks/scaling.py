@@ -405,17 +405,20 @@ def search_worker(config: dict[str, Any]) -> dict[str, Any]:
     warmup, single, many = np.split(vectors, [WARMUP_QUERIES, WARMUP_QUERIES + latency])
 
     def one_at_a_time(*searches: Any) -> list[np.ndarray]:
-        """ms per query of each ``search(vector)``, after the warm-up queries; the searches
-        take turns on each query, so that a busy spell of the machine hits all alike."""
+        """ms per query of each ``search(vector)``, after the warm-up queries. The searches
+        take turns on each query, so that a busy spell of the machine hits all alike, and in
+        a rotating order, so that none always follows the one that evicted its memory from
+        the CPU's caches (exact search reads every stored vector)."""
         for v in warmup:
             for search in searches:
                 search(v)
         times: list[list[float]] = [[] for _ in searches]
-        for v in single:
-            for search, spent in zip(searches, times):
+        for i, v in enumerate(single):
+            for j in range(len(searches)):
+                which = (i + j) % len(searches)
                 t = time.perf_counter()
-                search(v)
-                spent.append(time.perf_counter() - t)
+                searches[which](v)
+                times[which].append(time.perf_counter() - t)
         return [np.asarray(spent) * 1000 for spent in times]
 
     # One query at a time, as the evaluation's latency timings search: ragkit's HNSW search,
