@@ -10,9 +10,10 @@ options trade saves (bytes written) against log re-reads (time):
 - ``every-add-256``: ragkit before: ``sync_threshold=1``, adds of ``INDEX_BATCH_SIZE``;
 - ``chroma-default``: Chroma's own configuration (``sync_threshold=1000``), adds of
   ``client.get_max_batch_size()``: what a bare ChromaDB build does;
-- ``plan-K``: :func:`ragkit.retrievers._add_plan`: adds of the largest batch Chroma
-  accepts, a save about every K adds, the last one with the last add;
-- ``one-save``: a single save when the last vector comes in (``plan`` with one run).
+- ``saves-K``: :func:`ragkit.retrievers._add_plan`: adds of the largest batch Chroma
+  accepts, K saves evenly spread, the last one with the last add (ragkit: ``_SAVES``);
+- ``one-save``: a single save when the last vector comes in (``saves-1``);
+- ``every-add``: ``_add_plan`` with as many saves as adds (a save after every add).
 
 For each: build seconds and documents/s, MiB written by the building process
 (``/proc/self/io``), MiB of the index on disk, and how many log entries are not in the saved
@@ -49,7 +50,7 @@ from scaling import SyntheticVectors, _written_mb, disk_usage_mb  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "index_persistence-cpu"
-OPTIONS = ("every-add-256", "chroma-default", "plan-1", "plan-4", "plan-16", "one-save")
+OPTIONS = ("every-add-256", "chroma-default", "every-add", "saves-16", "saves-4", "one-save")
 
 
 def _configuration(option: str, n: int, max_batch: int) -> tuple[dict[str, Any], list[int]]:
@@ -60,8 +61,8 @@ def _configuration(option: str, n: int, max_batch: int) -> tuple[dict[str, Any],
     if option == "chroma-default":
         full, rest = divmod(n, max_batch)
         return {}, [max_batch] * full + [rest] * bool(rest)
-    batches = n if option == "one-save" else int(option.split("-")[1])
-    threshold, sizes = _add_plan(n, max_batch, batches)
+    saves = {"one-save": 1, "every-add": n}.get(option) or int(option.split("-")[1])
+    threshold, sizes = _add_plan(n, max_batch, saves)
     return {"sync_threshold": threshold, "batch_size": min(threshold, max_batch)}, sizes
 
 

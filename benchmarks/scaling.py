@@ -70,8 +70,8 @@ from ragkit.errors import ConfigError, RagkitError
 from ragkit.provenance import environment, now
 from ragkit.results import markdown_table
 from ragkit.retrievers import (
-    _BATCHES_PER_SAVE,
     _HNSW_PERSISTENCE,
+    _SAVES,
     HNSW,
     ChromaIndex,
     _add_plan,
@@ -335,7 +335,7 @@ def build_worker(config: dict[str, Any]) -> dict[str, Any]:
         adds = [client.get_max_batch_size()] * full + [rest] * bool(rest)
     else:
         client, _, collection = _open_store(Path(config["directory"]), n)
-        _, adds = _add_plan(n, client.get_max_batch_size(), _BATCHES_PER_SAVE)
+        _, adds = _add_plan(n, client.get_max_batch_size(), _SAVES)
     checkpoints: list[tuple[int, float]] = []
     added, seconds, generating = 0, 0.0, 0.0
     waiting: list[np.ndarray] = []  # generated, not yet added
@@ -406,31 +406,31 @@ def search_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     def one_at_a_time(*searches: Any) -> list[np.ndarray]:
         """ms per query of each ``search(vector)``, after the warm-up queries. The searches
-        take turns on each query, so that a busy spell of the machine hits all alike, and in
-        a rotating order, so that none always follows the one that evicted its memory from
-        the CPU's caches (exact search reads every stored vector)."""
+        take turns on each query, in an order reversed from one query to the next, so that
+        a busy spell of the machine, or the caches one search leaves, favour none of them."""
         for v in warmup:
             for search in searches:
                 search(v)
         times: list[list[float]] = [[] for _ in searches]
         for i, v in enumerate(single):
-            for j in range(len(searches)):
-                which = (i + j) % len(searches)
+            order = range(len(searches)) if i % 2 == 0 else reversed(range(len(searches)))
+            for which in order:
                 t = time.perf_counter()
                 searches[which](v)
                 times[which].append(time.perf_counter() - t)
         return [np.asarray(spent) * 1000 for spent in times]
 
-    # One query at a time, as the evaluation's latency timings search: ragkit's HNSW search,
-    # the bare Chroma query it makes (distances only) on the same index, and exact search.
+    # One query at a time, as the evaluation's latency timings search: ragkit's HNSW search
+    # and the bare Chroma query it makes (distances only) on the same index, taking turns;
+    # then exact search on its own, since it sweeps every stored vector through the caches.
+    ms, bare = one_at_a_time(
+        lambda v: index.search_by_vector(v[None], k, exact=False),
+        lambda v: collection.query(query_embeddings=v[None], n_results=k, include=["distances"]),
+    )
     t = time.perf_counter()
     index.search_by_vector(warmup[:1], k, exact=True)  # reads every stored vector into memory, once
     exact_load_s = time.perf_counter() - t
-    ms, bare, exact_ms = one_at_a_time(
-        lambda v: index.search_by_vector(v[None], k, exact=False),
-        lambda v: collection.query(query_embeddings=v[None], n_results=k, include=["distances"]),
-        lambda v: index.search_by_vector(v[None], k, exact=True),
-    )
+    [exact_ms] = one_at_a_time(lambda v: index.search_by_vector(v[None], k, exact=True))
     t = time.perf_counter()
     hits = index.search_by_vector(many, k, exact=False)  # one call, as an evaluation's first stage makes it
     batch_s = time.perf_counter() - t
@@ -820,7 +820,7 @@ def run(
             "warmup_queries": WARMUP_QUERIES,
             "recall_queries": recall_queries,
             "hnsw": {**HNSW, **_HNSW_PERSISTENCE},
-            "batches_per_save": _BATCHES_PER_SAVE,
+            "saves": _SAVES,
             **chroma,
             "build_budget_min": build_budget_s / 60,
             "generator": asdict(generator),
@@ -928,7 +928,7 @@ def _notes(k: int, queries: int, latency_queries: int, recall_queries: int) -> l
         "adds their size and Chroma's full-text index of them to the disk figures, and some time to the build.",
         "Build: each size in a new process, into a persistent collection with ragkit's settings and HNSW "
         "configuration, in the adds ragkit makes (ragkit.retrievers._add_plan: the largest batches Chroma accepts, "
-        f"Chroma saving the HNSW index about every {_BATCHES_PER_SAVE} adds and with the last one); seconds exclude "
+        f"Chroma saving the HNSW index {_SAVES} times, evenly, the last with the last add); seconds exclude "
         "generating the vectors. Peak RSS is the building process's high-water mark, Python and imports included "
         "(rss_after_imports_mb in the parameters). Disk is what du counts of the persisted folder; build wrote is "
         "what the building process wrote to storage (/proc/self/io), and written_vs_disk its ratio to the disk "

@@ -75,33 +75,35 @@ Hits = list[list[tuple[str, float]]]  # per query: (doc_id, score), best first
 # the depth finds the exact top 10 there and on the harder random vectors of the tests (the
 # "vector search" latency an experiment reports includes its cost).
 HNSW = {"space": "cosine", "ef_search": 400}
-# When Chroma's local HNSW index reaches disk: Chroma saves it (its graph files and an id map
-# that grows with the index) inside the add that brings the vectors added since its last save
-# to the collection's sync_threshold. Until then they are only in chroma.sqlite3's log, which
-# every add reads again from the last saved position, and which every open replays into memory.
-# ragkit adds in the largest batches Chroma accepts and sets the threshold so that a save
-# comes about every _BATCHES_PER_SAVE adds, the last one with the last add (see _add_plan): the
-# files on disk are the whole index the moment a build ends, so they can be digested (see
-# _seal) and reopening replays nothing. Saving after every add of 256 vectors instead (ragkit
-# before) wrote 88 GiB for a 1M-vector index of 1.8 GiB; saving once at the end re-reads the
-# log quadratically. benchmarks/results/index_persistence-cpu.md compares the options. These
-# decide when vectors reach disk, never what a search returns, so they key the index (its
-# layout) but are not part of HNSW.
-_BATCHES_PER_SAVE = 4
-_HNSW_PERSISTENCE = {"adds": "largest batch, see _add_plan", "batches_per_save": _BATCHES_PER_SAVE}
+# When Chroma's local HNSW index reaches disk: Chroma saves it (its graph files and an id map)
+# inside the add that brings the vectors added since its last save to the collection's
+# sync_threshold, and each save writes a share of the whole index so far. Until then the
+# vectors are only in chroma.sqlite3's log, which every add reads again from the last saved
+# position, and which every open replays into memory. ragkit adds in the largest batches
+# Chroma accepts and sets the threshold so that an index is saved _SAVES times, evenly, the
+# last time with the last add (see _add_plan): the files on disk are the whole index the moment
+# a build ends, so they can be digested (see _seal), and reopening replays nothing. A fixed
+# number of saves keeps what a build writes a fixed multiple of the index: saving every 4 adds
+# wrote 15.8 GB for a 1M-vector index of 1.9 GB, and saving after every add of 256 vectors
+# (ragkit before) 88 GiB; one save at the end re-reads the log quadratically.
+# benchmarks/results/index_persistence-cpu.md and scaling-cpu.md measure it. These decide
+# when vectors reach disk, never what a search returns, so they key the index (its layout)
+# but are not part of HNSW.
+_SAVES = 4
+_HNSW_PERSISTENCE = {"adds": "largest batch, see _add_plan", "saves": _SAVES}
 
 
 def _persistence(total: int, max_batch: int) -> dict[str, int]:
     """The HNSW configuration that makes Chroma save as :func:`_add_plan` plans for an index
     of ``total`` vectors (Chroma requires batch_size <= sync_threshold)."""
-    threshold, _ = _add_plan(total, max_batch, _BATCHES_PER_SAVE)
+    threshold, _ = _add_plan(total, max_batch, _SAVES)
     return {"sync_threshold": threshold, "batch_size": min(threshold, max_batch)}
 
 
-def _add_plan(total: int, max_batch: int, batches_per_save: int) -> tuple[int, list[int]]:
+def _add_plan(total: int, max_batch: int, saves: int) -> tuple[int, list[int]]:
     """The sync threshold and the sizes of the adds that build an index of ``total`` vectors,
-    so that Chroma saves its HNSW index every ``batches_per_save`` adds or so, and the last
-    save comes with the last add.
+    so that Chroma saves its HNSW index ``saves`` times (fewer when ``total`` is under
+    ``saves`` full batches), the last time with the last add.
 
     Chroma saves once the vectors added since its last save reach the threshold, inside the
     add that reaches it. So the adds come in runs of about ``threshold`` vectors, each run's
@@ -111,14 +113,14 @@ def _add_plan(total: int, max_batch: int, batches_per_save: int) -> tuple[int, l
     large as Chroma accepts.
 
     Example:
-        >>> _add_plan(12, 5, 1)
-        (4, [4, 4, 4])
-        >>> _add_plan(23, 5, 2)
+        >>> _add_plan(12, 5, 3)
+        (6, [1, 5, 1, 5])
+        >>> _add_plan(23, 5, 3)
         (7, [3, 5, 3, 5, 2, 5])
     """
     if total < 1:
         return 1, []
-    runs = max(1, -(-total // (max_batch * batches_per_save)))
+    runs = max(1, min(saves, total // max_batch))
     threshold, longer = divmod(total, runs)  # the first `longer` runs hold one vector more
     sizes: list[int] = []
     for run in range(runs):
@@ -678,7 +680,7 @@ def _complete(
             len(records),
             len(missing),
         )
-    _, adds = _add_plan(len(missing), page, _BATCHES_PER_SAVE)
+    _, adds = _add_plan(len(missing), page, _SAVES)
     step = min(batch_size, page)
     pool = multi_process_pool(store.embeddings, devices) if devices and missing else contextlib.nullcontext()
     waiting: list[_Record] = []  # embedded, not yet added

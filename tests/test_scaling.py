@@ -159,7 +159,7 @@ def test_records_ragkits_chroma_configuration_and_provenance(measured, scaling):
         params["hnsw_configuration"]["sync_threshold"]
         == scaling._persistence(built, params["add_batch_size"])["sync_threshold"]
     )
-    assert params["batches_per_save"] == scaling._BATCHES_PER_SAVE
+    assert params["saves"] == scaling._SAVES
     assert env["libraries"]["chromadb"] and env["versions"]["torch"] and env["date"]
     assert isinstance(env["load_average_1min_at_start"], float)
     assert env["load_average_1min_during"]["samples"] >= 1 and env["load_average_1min_during"]["max"] >= 0
