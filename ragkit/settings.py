@@ -114,10 +114,12 @@ HYBRID_WEIGHTS = (0.5, 0.5)  # dense, BM25
 FUSION_DEPTH = FIRST_STAGE_DEPTH
 INDEX_BATCH_SIZE = 256  # documents embedded and added to Chroma per step (capped by Chroma's limit)
 # Dense search is exact (one matrix product over the stored vectors, held in memory) for an
-# index of at most this many vectors, and Chroma's HNSW search above: exact search is faster
-# one query at a time up to about there (the crossover of benchmarks/results/scaling-cpu.md,
-# 384-d vectors on 2 CPU cores), and returns the true nearest neighbours. 0: always HNSW.
-EXACT_SEARCH_MAX_VECTORS = 100_000
+# index of at most this many vectors, and Chroma's HNSW search above. One query at a time,
+# exact search took 1.7 ms at 10,000 384-d vectors against HNSW's 2.9 ms, and 7.1 ms at
+# 100,000 against 2.6 ms: they cross at about 22,000 (benchmarks/results/scaling-cpu.md, its
+# "crossover", 2 CPU cores). Below that, exact search is faster and finds the true nearest
+# neighbours. 0: always HNSW.
+EXACT_SEARCH_MAX_VECTORS = 20_000
 # (query, passage) pairs per cross-encoder forward pass, by kind of device. On a CPU small
 # batches are fastest: on 2 cores the pooled stream scored about 30% more SciFact pairs per
 # second in batches of 8 than of 32, and the per-query path as many in batches of 2-8 (less
