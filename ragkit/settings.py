@@ -114,11 +114,13 @@ HYBRID_WEIGHTS = (0.5, 0.5)  # dense, BM25
 FUSION_DEPTH = FIRST_STAGE_DEPTH
 INDEX_BATCH_SIZE = 256  # documents embedded and added to Chroma per step (capped by Chroma's limit)
 # Dense search is exact (one matrix product over the stored vectors, held in memory) for an
-# index of at most this many vectors, and Chroma's HNSW search above. One query at a time,
-# exact search took 1.7 ms at 10,000 384-d vectors against HNSW's 2.9 ms, and 7.1 ms at
-# 100,000 against 2.6 ms: they cross at about 22,000 (benchmarks/results/scaling-cpu.md, its
-# "crossover", 2 CPU cores). Below that, exact search is faster and finds the true nearest
-# neighbours. 0: always HNSW.
+# index of at most this many vectors, and Chroma's HNSW search above. benchmarks/results/
+# scaling-cpu.md (384-d, 2 CPU cores): an evaluation's 1,000 queries took 0.6 s exact against
+# 1.3 s HNSW at 10,000 vectors, 2.7 s against 1.6 s at 100,000. One query at a time, a run on
+# a quiet machine measured 1.7 ms exact against 2.9 ms HNSW at 10,000 and 7.1 ms against
+# 2.6 ms at 100,000 (they cross near 22,000); the committed run, which shared the machine,
+# measured 8.0 ms exact at 10,000. Below the threshold exact search finds the true nearest
+# neighbours too. 0: always HNSW.
 EXACT_SEARCH_MAX_VECTORS = 20_000
 # (query, passage) pairs per cross-encoder forward pass, by kind of device. On a CPU small
 # batches are fastest: on 2 cores the pooled stream scored about 30% more SciFact pairs per
