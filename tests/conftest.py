@@ -151,3 +151,14 @@ def scored_pairs(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(evaluate, "score_pairs", spy)
     return counts
+
+
+@pytest.fixture()
+def reranked(tiny_embedder_path, spread_cross_encoder_path) -> list:
+    """Two pipelines over the tiny models: dense alone, and dense reranked (k=10)."""
+    from ragkit.evaluate import Pipeline
+
+    return [
+        Pipeline(embedder=tiny_embedder_path),
+        Pipeline(embedder=tiny_embedder_path, reranker=spread_cross_encoder_path, k=10),
+    ]

@@ -23,14 +23,6 @@ from ragkit.evaluate import Pipeline, experiment
 QUIET = {"latency_queries": 0, "show_progress": False, "n_resamples": 50}
 
 
-@pytest.fixture()
-def reranked(tiny_embedder_path, spread_cross_encoder_path) -> list[Pipeline]:
-    return [
-        Pipeline(embedder=tiny_embedder_path),
-        Pipeline(embedder=tiny_embedder_path, reranker=spread_cross_encoder_path, k=10),
-    ]
-
-
 class _Planted:
     """Unpickling this writes a marker file: proof that a cache file was executed."""
 
