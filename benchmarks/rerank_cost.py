@@ -686,11 +686,19 @@ def headline(folder: Path, tag: str) -> str:
         )
     if not rows:
         return ""
-    shown = [stored[s] for s in ("throughput", "backends", "loader_cache", "rerun", "end_to_end_full") if s in stored]
-    when = sorted({r["environment"]["date"][:10] for r in shown})
+    sections = ("throughput", "backends", "loader_cache", "rerun", "end_to_end_full")
+    machines: dict[str, list[str]] = {}  # sections can be measured on different machines: each is named
+    for section in (s for s in sections if s in stored):
+        machines.setdefault(stored[section]["environment"]["device_name"], []).append(section)
+    where = [
+        f"{machine} ({', '.join(sorted({stored[s]['environment']['date'][:10] for s in names}))}"
+        + (f": {', '.join(n.replace('_', ' ') for n in names)}" if len(machines) > 1 else "")
+        + ")"
+        for machine, names in machines.items()
+    ]
     return "\n".join(
         [
-            f"Measured on {shown[0]['environment']['device_name']} ({', '.join(when)}); all figures in "
+            f"Measured on {'; '.join(where)}; all figures in "
             f"[`benchmarks/results/rerank_cost-{tag}.md`](benchmarks/results/rerank_cost-{tag}.md).",
             "",
             records_table(rows),
