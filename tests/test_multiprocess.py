@@ -128,9 +128,10 @@ def test_pool_scores_come_back_in_the_input_order(cross_encoder, cross_encoder_p
         shuffled, score_pairs(cross_encoder, PAIRS, batch_size=4)[permutation], rtol=1e-5, atol=1e-6
     )
     # Each pair scored alone, padded to nothing: the same scores to float rounding, whatever
-    # batch the pool put it in.
+    # batch the pool put it in. Alone it is a matrix product of another shape again, so the same
+    # relative 1e-5 (on the AVX2 CPU one of 30 scores moved by a relative 2.4e-6).
     alone = np.array([score_pairs(cross_encoder, [pair])[0] for pair in PAIRS])
-    np.testing.assert_allclose(score_pairs(cross_encoder, PAIRS, devices=DEVICES), alone, atol=1e-6)
+    np.testing.assert_allclose(score_pairs(cross_encoder, PAIRS, devices=DEVICES), alone, rtol=1e-5, atol=1e-6)
 
 
 def test_an_open_pool_is_reused_not_restarted(cross_encoder, cross_encoder_pool, started):
