@@ -4,14 +4,16 @@
 
 For each corpus size it measures, on ragkit's own Chroma configuration (a persistent client
 with :func:`ragkit.retrievers.chroma_settings`, cosine space and ragkit's HNSW parameters
-``HNSW`` and ``_HNSW_PERSISTENCE``, vectors added ``INDEX_BATCH_SIZE`` at a time, capped by
-``client.get_max_batch_size()``, each record carrying ``metadata["doc_id"]``):
+``HNSW`` and ``_persistence``, vectors added as ragkit adds them, ``_add_plan``, each record
+carrying ``metadata["doc_id"]``), and beside it on a bare ChromaDB build of the same vectors:
 
-- index build: seconds and documents/s, the peak RSS of the building process and the size of
-  the persisted index on disk;
+- index build: seconds and documents/s, the peak RSS of the building process, the size of
+  the persisted index on disk and the bytes the build wrote; the same build rate of a bare
+  ChromaDB collection (Chroma's default configuration, adds of its largest batch);
 - query latency, one query at a time (p50 and p95 ms for ``k=100``), through
   :meth:`ragkit.retrievers.ChromaIndex.search_by_vector` as the evaluation's latency timings
-  call it, on the index reopened in a new process (the usual case: the index is cached);
+  call it, on the index reopened in a new process (the usual case: the index is cached),
+  beside a bare ``collection.query`` of the same index and exact search (a matrix product);
 - the first stage of an evaluation: one ``search_by_vector`` call over a batch of queries
   (1,000 by default, ``k=100``);
 - recall@100 of those HNSW results against the exact top 100 (brute force with numpy) for a
@@ -67,8 +69,16 @@ import numpy as np
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.provenance import environment, now
 from ragkit.results import markdown_table
-from ragkit.retrievers import _HNSW_PERSISTENCE, HNSW, ChromaIndex, chroma_settings
-from ragkit.settings import FIRST_STAGE_DEPTH, INDEX_BATCH_SIZE
+from ragkit.retrievers import (
+    _HNSW_PERSISTENCE,
+    _SAVES,
+    HNSW,
+    ChromaIndex,
+    _add_plan,
+    _persistence,
+    chroma_settings,
+)
+from ragkit.settings import FIRST_STAGE_DEPTH
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTION = "scaling"
@@ -284,9 +294,10 @@ def _import_chroma() -> None:
     from tqdm.auto import tqdm  # noqa: F401
 
 
-def _open_store(directory: Path) -> tuple[Any, Any, Any]:
+def _open_store(directory: Path, size: int) -> tuple[Any, Any, Any]:
     """The client, LangChain store and embedding-free collection handle, made as
-    ``ragkit.retrievers._persistent_index`` makes them (same settings, same configuration)."""
+    ``ragkit.retrievers._persistent_index`` makes them for ``size`` vectors (same settings,
+    same configuration)."""
     import chromadb
     from langchain_chroma import Chroma
 
@@ -295,38 +306,60 @@ def _open_store(directory: Path) -> tuple[Any, Any, Any]:
         collection_name=COLLECTION,
         embedding_function=_precomputed_embedder(),
         client=client,
-        collection_configuration={"hnsw": {**HNSW, **_HNSW_PERSISTENCE}},
+        collection_configuration={"hnsw": {**HNSW, **_persistence(size, client.get_max_batch_size())}},
     )
     return client, store, client.get_collection(COLLECTION, embedding_function=None)
 
 
 def build_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Build the index of ``config["size"]`` documents in ``config["directory"]``; stop early
-    once ``config["budget_s"]`` is spent. Returns the timings, progress and peak RSS."""
+    once ``config["budget_s"]`` is spent. Returns the timings, progress and peak RSS.
+
+    ``config["bare"]``: build it as a bare ChromaDB user would instead, into its own folder:
+    Chroma's own configuration (cosine space, everything else default) and adds of the largest
+    batch Chroma accepts; otherwise as ragkit's ``_complete`` adds (``_add_plan``)."""
     from tqdm.auto import tqdm
 
     _import_chroma()
     generator = SyntheticVectors(**config["generator"])
-    n, budget = config["size"], config["budget_s"]
+    n, budget, bare = config["size"], config["budget_s"], config.get("bare", False)
     rss_before, written_before = _peak_rss_mb(), _written_mb()
-    client, _, collection = _open_store(Path(config["directory"]))
-    step = min(INDEX_BATCH_SIZE, client.get_max_batch_size())  # as ragkit's _complete batches its adds
+    if bare:
+        import chromadb
+
+        client = chromadb.PersistentClient(path=config["bare_directory"], settings=chroma_settings())
+        collection = client.create_collection(
+            COLLECTION, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+        )
+        full, rest = divmod(n, client.get_max_batch_size())
+        adds = [client.get_max_batch_size()] * full + [rest] * bool(rest)
+    else:
+        client, _, collection = _open_store(Path(config["directory"]), n)
+        _, adds = _add_plan(n, client.get_max_batch_size(), _SAVES)
     checkpoints: list[tuple[int, float]] = []
     added, seconds, generating = 0, 0.0, 0.0
+    waiting: list[np.ndarray] = []  # generated, not yet added
     start = time.perf_counter()
-    with tqdm(total=n, desc=f"Building {n:,}", unit="doc", disable=not config["progress"], mininterval=2) as bar:
+    label = "Bare Chroma" if bare else "Building"
+    with tqdm(total=n, desc=f"{label} {n:,}", unit="doc", disable=not config["progress"], mininterval=2) as bar:
         chunks = generator.documents(n)
         while added < n:
             t0 = time.perf_counter()
-            first, block = next(chunks)
+            waiting.append(next(chunks)[1])
             generating += time.perf_counter() - t0
-            for lo in range(0, len(block), step):
-                ids = [str(i) for i in range(first + lo, first + min(lo + step, len(block)))]
-                collection.add(ids=ids, embeddings=block[lo : lo + step], metadatas=[{"doc_id": i} for i in ids])
-                bar.update(len(ids))
-            added += len(block)
+            block = np.concatenate(waiting)
+            at = 0
+            while adds and len(block) - at >= adds[0]:
+                size = adds.pop(0)
+                ids = [str(i) for i in range(added, added + size)]
+                collection.add(ids=ids, embeddings=block[at : at + size], metadatas=[{"doc_id": i} for i in ids])
+                added += size
+                at += size
+                bar.update(size)
+            waiting = [block[at:]]
             seconds = time.perf_counter() - start - generating
-            checkpoints.append((added, seconds))
+            if not checkpoints or checkpoints[-1][0] != added:
+                checkpoints.append((added, seconds))
             if seconds > budget and added < n:
                 break
     count = collection.count()
@@ -338,7 +371,7 @@ def build_worker(config: dict[str, Any]) -> dict[str, Any]:
         "complete": added == n,
         "build_s": seconds,
         "checkpoints": checkpoints,
-        "batch_size": step,
+        "batch_size": client.get_max_batch_size(),
         "rss_before_mb": rss_before,
         "peak_rss_mb": _peak_rss_mb(),
         "configuration": collection.configuration.get("hnsw"),
@@ -353,7 +386,7 @@ def search_worker(config: dict[str, Any]) -> dict[str, Any]:
     generator = SyntheticVectors(**config["generator"])
     n, k = config["size"], config["k"]
     t0 = time.perf_counter()
-    client, store, collection = _open_store(Path(config["directory"]))
+    client, store, collection = _open_store(Path(config["directory"]), n)
     count = collection.count()  # loads the HNSW segment from disk
     open_s = time.perf_counter() - t0
     if count != n:
@@ -370,16 +403,40 @@ def search_worker(config: dict[str, Any]) -> dict[str, Any]:
     batch, latency = config["queries"], config["latency_queries"]
     vectors = generator.queries(WARMUP_QUERIES + latency + batch)
     warmup, single, many = np.split(vectors, [WARMUP_QUERIES, WARMUP_QUERIES + latency])
-    for v in warmup:
-        index.search_by_vector(v[None], k)
-    times = []
-    for v in single:  # one query at a time, as the evaluation's latency timings search
-        t = time.perf_counter()
-        index.search_by_vector(v[None], k)
-        times.append(time.perf_counter() - t)
+
+    def one_at_a_time(*searches: Any) -> list[np.ndarray]:
+        """ms per query of each ``search(vector)``, after the warm-up queries. The searches
+        take turns on each query, in an order reversed from one query to the next, so that
+        a busy spell of the machine, or the caches one search leaves, favour none of them."""
+        for v in warmup:
+            for search in searches:
+                search(v)
+        times: list[list[float]] = [[] for _ in searches]
+        for i, v in enumerate(single):
+            order = range(len(searches)) if i % 2 == 0 else reversed(range(len(searches)))
+            for which in order:
+                t = time.perf_counter()
+                searches[which](v)
+                times[which].append(time.perf_counter() - t)
+        return [np.asarray(spent) * 1000 for spent in times]
+
+    # One query at a time, as the evaluation's latency timings search: ragkit's HNSW search
+    # and the bare Chroma query it makes (distances only) on the same index, taking turns;
+    # then exact search on its own, since it sweeps every stored vector through the caches.
+    ms, bare = one_at_a_time(
+        lambda v: index.search_by_vector(v[None], k, exact=False),
+        lambda v: collection.query(query_embeddings=v[None], n_results=k, include=["distances"]),
+    )
     t = time.perf_counter()
-    hits = index.search_by_vector(many, k)  # one call, as an evaluation's first stage makes it
+    index.search_by_vector(warmup[:1], k, exact=True)  # reads every stored vector into memory, once
+    exact_load_s = time.perf_counter() - t
+    [exact_ms] = one_at_a_time(lambda v: index.search_by_vector(v[None], k, exact=True))
+    t = time.perf_counter()
+    hits = index.search_by_vector(many, k, exact=False)  # one call, as an evaluation's first stage makes it
     batch_s = time.perf_counter() - t
+    t = time.perf_counter()
+    exact_hits = index.search_by_vector(many, k, exact=True)
+    exact_batch_s = time.perf_counter() - t
     sample = config["recall_queries"]
     exact, exact_s = exact_top_k(generator, many[:sample], n, k)
     depth = min(k, n)
@@ -387,14 +444,24 @@ def search_worker(config: dict[str, Any]) -> dict[str, Any]:
         len({int(doc_id) for doc_id, _ in found[:depth]} & set(truth.tolist())) / depth
         for found, truth in zip(hits[:sample], exact)
     ]
-    ms = np.asarray(times) * 1000
+    exact_recall = [
+        len({int(doc_id) for doc_id, _ in found[:depth]} & set(truth.tolist())) / depth
+        for found, truth in zip(exact_hits[:sample], exact)
+    ]
     return {
         "open_s": open_s,
         "p50_ms": float(np.percentile(ms, 50)),
         "p95_ms": float(np.percentile(ms, 95)),
+        "bare_p50_ms": float(np.percentile(bare, 50)),
+        "bare_p95_ms": float(np.percentile(bare, 95)),
+        "exact_p50_ms": float(np.percentile(exact_ms, 50)),
+        "exact_p95_ms": float(np.percentile(exact_ms, 95)),
+        "exact_load_s": exact_load_s,
         "batch_s": batch_s,
+        "exact_batch_s": exact_batch_s,
         "recall": float(np.mean(recall)),
         "recall_min": float(np.min(recall)),
+        "exact_recall": float(np.mean(exact_recall)),
         "exact_ms_per_query": exact_s / sample * 1000,
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -685,6 +752,16 @@ def run(
                 _say(f"{size:,} documents: searching the reopened index")
                 searched = _run_worker("search", config, root / f"search-{size}.json")
                 shutil.rmtree(directory, ignore_errors=True)  # a 1M index is gigabytes: gone before the next
+                _say(f"{size:,} documents: the same vectors into a bare ChromaDB collection")
+                bare_directory = root / f"bare-{size}"
+                bare = _run_worker(
+                    "build",
+                    {**config, "bare": True, "bare_directory": str(bare_directory), "budget_s": math.inf},
+                    root / f"bare-{size}.json",
+                )
+                bare_disk = disk_usage_mb(bare_directory)
+                shutil.rmtree(bare_directory, ignore_errors=True)
+                written = built["written_mb"]
                 rows.append(
                     {
                         "documents": size,
@@ -696,12 +773,26 @@ def run(
                         "open_s": searched["open_s"],
                         "p50_ms": searched["p50_ms"],
                         "p95_ms": searched["p95_ms"],
+                        "bare_p50_ms": searched["bare_p50_ms"],
+                        "bare_p95_ms": searched["bare_p95_ms"],
+                        "p50_vs_bare": searched["p50_ms"] / searched["bare_p50_ms"],
+                        "exact_p50_ms": searched["exact_p50_ms"],
+                        "exact_p95_ms": searched["exact_p95_ms"],
+                        "exact_load_s": searched["exact_load_s"],
                         "batch_s": searched["batch_s"],
                         "batch_queries_per_s": queries / searched["batch_s"],
+                        "exact_batch_s": searched["exact_batch_s"],
                         f"recall@{k}": searched["recall"],
                         f"min_recall@{k}": searched["recall_min"],
+                        f"exact_recall@{k}": searched["exact_recall"],
                         "exact_ms_per_query": searched["exact_ms_per_query"],
-                        "build_written_mb": built["written_mb"],
+                        "build_written_mb": written,
+                        "written_vs_disk": None if written is None else written / disk["disk_mb"],
+                        "bare_build_s": bare["build_s"],
+                        "bare_build_docs_per_s": size / bare["build_s"],
+                        "build_vs_bare": bare["build_s"] / built["build_s"],
+                        "bare_build_written_mb": bare["written_mb"],
+                        "bare_disk_mb": bare_disk["disk_mb"],
                         "extrapolated": False,
                     }
                 )
@@ -729,6 +820,7 @@ def run(
             "warmup_queries": WARMUP_QUERIES,
             "recall_queries": recall_queries,
             "hnsw": {**HNSW, **_HNSW_PERSISTENCE},
+            "saves": _SAVES,
             **chroma,
             "build_budget_min": build_budget_s / 60,
             "generator": asdict(generator),
@@ -739,10 +831,35 @@ def run(
         + (_bm25_notes(texts, k) if bm25 else [])
         + _slowdown_notes(progress_rows, rows)
         + notes,
+        "crossover": exact_crossover(rows),
         "tables": {"scaling": rows, **({"bm25": bm25_rows} if bm25 else {}), "build_progress": progress_rows},
     }
     write_outputs(record, output_dir)
     return record
+
+
+def exact_crossover(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where exact search stops being faster than ragkit's HNSW search, one query at a time:
+    the corpus size at which their p50 latencies meet, interpolated log-log between the two
+    measured sizes around it (``None`` when one is faster at every measured size).
+
+    Example:
+        >>> rows = [{"documents": 10**4, "p50_ms": 2.0, "exact_p50_ms": 0.2, "extrapolated": False},
+        ...         {"documents": 10**6, "p50_ms": 8.0, "exact_p50_ms": 20.0, "extrapolated": False}]
+        >>> exact_crossover(rows)["documents"]
+        251189
+    """
+    measured = [r for r in rows if not r.get("extrapolated") and r.get("exact_p50_ms") and r.get("p50_ms")]
+    faster = [r["documents"] for r in measured if r["exact_p50_ms"] < r["p50_ms"]]
+    found: dict[str, Any] = {"exact_faster_at": faster, "documents": None}
+    for a, b in zip(measured, measured[1:]):
+        ra, rb = math.log(a["exact_p50_ms"] / a["p50_ms"]), math.log(b["exact_p50_ms"] / b["p50_ms"])
+        if ra < 0 <= rb:
+            share = -ra / (rb - ra)
+            size = math.exp(math.log(a["documents"]) + share * math.log(b["documents"] / a["documents"]))
+            found["documents"] = round(size)
+            break
+    return found
 
 
 def _say(line: str) -> None:
@@ -767,6 +884,9 @@ def _extrapolated_row(
         "p95_ms",
         "batch_s",
         "exact_ms_per_query",
+        "bare_p50_ms",
+        "exact_p50_ms",
+        "bare_build_s",
     ]
     for field in fields:
         row[field] = _extrapolate(rows, size, field)
@@ -806,14 +926,26 @@ def _notes(k: int, queries: int, latency_queries: int, recall_queries: int) -> l
         "and by each evaluation) comes on top of these figures.",
         "Only vectors and doc_id metadata are stored; a real corpus also stores its texts in chroma.sqlite3, which "
         "adds their size and Chroma's full-text index of them to the disk figures, and some time to the build.",
-        "Build: each size in a new process, adds of ragkit's batch size into a persistent collection with ragkit's "
-        "settings and HNSW configuration (synced to disk after every add, as ragkit does); seconds exclude "
+        "Build: each size in a new process, into a persistent collection with ragkit's settings and HNSW "
+        "configuration, in the adds ragkit makes (ragkit.retrievers._add_plan: the largest batches Chroma accepts, "
+        f"Chroma saving the HNSW index {_SAVES} times, evenly, the last with the last add); seconds exclude "
         "generating the vectors. Peak RSS is the building process's high-water mark, Python and imports included "
-        "(rss_after_imports_mb in the parameters). Disk is what du counts of the persisted folder.",
+        "(rss_after_imports_mb in the parameters). Disk is what du counts of the persisted folder; build wrote is "
+        "what the building process wrote to storage (/proc/self/io), and written_vs_disk its ratio to the disk "
+        "figure.",
+        "Bare ChromaDB (bare_*): the same vectors, in another new process, into a collection of Chroma's own "
+        "configuration (cosine space, everything else default: a save once 1,000 vectors came in) in adds of the "
+        "largest batch Chroma accepts, as a user of ChromaDB alone would build it; build_vs_bare is ragkit's build "
+        "rate over that one's, measured in the same run.",
         f"Search: the index reopened in another new process (open_s: client, collection and loading the HNSW "
         f"segment); {WARMUP_QUERIES} warm-up queries, then {latency_queries} queries one at a time through "
-        f"ChromaIndex.search_by_vector (p50/p95 ms), then the batch: {queries} other queries through "
-        f"search_by_vector (batch_s: an evaluation's first stage, query embedding excluded), all at k={k}.",
+        f"ChromaIndex.search_by_vector with HNSW (p50/p95 ms), the same through a bare collection.query(..., "
+        "include=['distances']) of the same index in the same process (bare_p50_ms; p50_vs_bare their ratio), and "
+        "through exact search (exact_p50_ms: one matrix product over the stored vectors, after reading them once, "
+        f"exact_load_s); then the batch: {queries} other queries through search_by_vector (batch_s, HNSW; "
+        f"exact_batch_s, exact: an evaluation's first stage, query embedding excluded), all at k={k}. The crossover "
+        "in the JSON is the corpus size where exact and HNSW p50 meet (log-log between the measured sizes): "
+        "ragkit.settings.EXACT_SEARCH_MAX_VECTORS follows it.",
         f"recall@{k}: the share of the exact top {k} (numpy brute force over the same vectors) that HNSW returned, "
         f"averaged over the first {recall_queries} batch queries (min_recall@{k}: the worst of them); "
         "exact_ms_per_query is that brute force's own time per query, for comparison.",
@@ -858,10 +990,9 @@ def _slowdown_notes(progress: list[dict[str, Any]], rows: list[dict[str, Any]]) 
         f"Adding slows down as the index grows: the {largest:,}-document build added its first "
         f"{chunks[0]['documents']:,} documents at {chunks[0]['chunk_docs_per_s']:,.0f} docs/s and the {CHUNK:,} up "
         f"to {chunks[-1]['documents']:,} at "
-        f"{chunks[-1]['chunk_docs_per_s']:,.0f} docs/s (table build_progress in the JSON).{written} ragkit's "
-        f"_HNSW_PERSISTENCE (sync_threshold={_HNSW_PERSISTENCE['sync_threshold']}) makes Chroma persist the HNSW "
-        f"index after every add of {INDEX_BATCH_SIZE} vectors, and what it writes each time grows with the index, so "
-        "build time grows faster than the corpus."
+        f"{chunks[-1]['chunk_docs_per_s']:,.0f} docs/s (table build_progress in the JSON).{written} Each insertion "
+        "into an HNSW graph searches it for the new vector's neighbours, and each save of the index rewrites an id "
+        "map that grows with it, so build time grows faster than the corpus."
     ]
 
 
@@ -892,17 +1023,23 @@ COLUMNS = {
     "documents": "documents",
     "build_s": "build s",
     "build_docs_per_s": "build docs/s",
+    "bare_build_docs_per_s": "bare Chroma build docs/s",
+    "build_vs_bare": "build rate vs bare",
     "build_peak_rss_mb": "build peak RSS MiB",
     "search_peak_rss_mb": "search peak RSS MiB",
     "disk_mb": "disk MiB",
+    "build_written_mb": "build wrote MiB",
+    "written_vs_disk": "wrote / disk",
     "open_s": "open s",
     "p50_ms": "p50 ms",
     "p95_ms": "p95 ms",
+    "bare_p50_ms": "bare query p50 ms",
+    "p50_vs_bare": "p50 vs bare",
+    "exact_p50_ms": "exact p50 ms",
     "batch_s": "batch s",
     "batch_queries_per_s": "batch queries/s",
+    "exact_batch_s": "exact batch s",
     "recall": "recall",
-    "exact_ms_per_query": "exact ms/query",
-    "build_written_mb": "build wrote MiB",
 }
 
 
@@ -977,6 +1114,15 @@ def markdown(record: dict[str, Any]) -> str:
     ]
     if any(r["extrapolated"] for r in record["tables"]["scaling"]):
         lines += ["`~x*`: **extrapolated**, not measured (why: see the notes).", ""]
+    crossover = record.get("crossover") or {}
+    if crossover.get("documents"):
+        lines += [
+            f"Exact search is faster than HNSW one query at a time up to about **{crossover['documents']:,}** "
+            "documents (where their p50 latencies meet, log-log between the measured sizes).",
+            "",
+        ]
+    elif crossover.get("exact_faster_at") is not None:
+        lines += [f"Exact search was faster one query at a time at: {crossover['exact_faster_at']} documents.", ""]
     if record["tables"].get("bm25"):
         lines += [
             "BM25 (`ragkit.bm25`, synthetic texts, in memory) at the same sizes:",
@@ -1038,6 +1184,14 @@ def plot(record: dict[str, Any], path: Path) -> Path:
         measured = [(x, y) for x, y, e in points if not e]
         if measured:
             ax.plot(*zip(*measured), "o-", color="tab:blue", label="Chroma HNSW")
+        others = {
+            "p50_ms": [("exact_p50_ms", "exact search", "tab:red"), ("bare_p50_ms", "bare Chroma query", "tab:gray")],
+            "build_s": [("bare_build_s", "bare ChromaDB build", "tab:gray")],
+        }.get(field, [])
+        for other, name, colour in others:
+            line = [(r["documents"], r[other]) for r in rows if r.get(other) and not r["extrapolated"]]
+            if line:
+                ax.plot(*zip(*line), "^-", color=colour, label=name)
         guessed = [(x, y) for x, y, e in points if e]
         if guessed:
             joined = ([measured[-1]] if measured else []) + guessed
@@ -1053,7 +1207,7 @@ def plot(record: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("documents")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        if guessed or lexical:
+        if guessed or lexical or others:
             ax.legend(fontsize=8)
     env = record["environment"]
     fig.suptitle(

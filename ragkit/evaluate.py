@@ -732,13 +732,22 @@ def _hits_problem(hits: Any, collection: BeirCollection, n_queries: int, depth: 
     return None
 
 
+def _dense_search(stage: Any) -> list[str]:
+    """How a stage's dense index searches (``["exact"]`` or ``["hnsw"]``; nothing for BM25),
+    for the keys of what it finds and how fast: the same index can be searched either way
+    (see ``ChromaIndex.exact``)."""
+    dense = getattr(stage, "dense", stage)
+    exact = getattr(dense, "exact", None)
+    return [] if not isinstance(exact, bool) else ["exact" if exact else "hnsw"]
+
+
 def _first_stage_run(
     stage: Any, collection: BeirCollection, queries: list[str], depth: int, *, cache: Cache, reuse: bool
 ) -> Hits:
     from ragkit.hybrid import HybridRetriever
     from ragkit.retrievers import ChromaIndex
 
-    key = digest("runs", FORMATS["runs"], stage.fingerprint, queries, depth)
+    key = digest("runs", FORMATS["runs"], stage.fingerprint, queries, depth, *_dense_search(stage))
     # A BM25 run can be shorter (only documents sharing a word); dense and hybrid runs are full.
     exact = isinstance(stage, (ChromaIndex, HybridRetriever))
     if reuse:
@@ -956,6 +965,7 @@ def _pipeline_latency(
         FORMATS["latency"],
         {**p.identity(), "top_n": None},
         stage.fingerprint,
+        *_dense_search(stage),
         [(q, collection.queries[q]) for q in query_ids],
         machine_state(settings.device),
         settings.batch_size,

@@ -55,7 +55,15 @@ from ragkit.cache import FORMATS, atomic_write
 from ragkit.errors import CacheError, ConfigError, RagkitError
 from ragkit.loaders import HuggingFaceEmbeddingsLoader, check_devices, embed_documents, multi_process_pool
 from ragkit.models import model_revision
-from ragkit.settings import CHUNK_OVERLAP, CHUNK_UNITS, DEFAULT_EMBEDDER, DEFAULT_RERANK_K, INDEX_BATCH_SIZE, cache_dir
+from ragkit.settings import (
+    CHUNK_OVERLAP,
+    CHUNK_UNITS,
+    DEFAULT_EMBEDDER,
+    DEFAULT_RERANK_K,
+    EXACT_SEARCH_MAX_VECTORS,
+    INDEX_BATCH_SIZE,
+    cache_dir,
+)
 
 log = logging.getLogger("ragkit")
 
@@ -67,23 +75,35 @@ Hits = list[list[tuple[str, float]]]  # per query: (doc_id, score), best first
 # the depth finds the exact top 10 there and on the harder random vectors of the tests (the
 # "vector search" latency an experiment reports includes its cost).
 HNSW = {"space": "cosine", "ef_search": 400}
-# When Chroma's local HNSW index reaches disk. By default only once 1,000 new vectors have come
-# in (sync_threshold): until then, and for whatever came after the last sync, vectors live only
-# in chroma.sqlite3's write-ahead log and are replayed into memory on every open, which
-# rewrites the HNSW files each time (an index of under 1,000 vectors never has a saved HNSW
-# index at all). Syncing after every add makes the files on disk the whole index the moment a
-# build ends, so they can be digested (see _seal) and reopening replays nothing. On 20,000
-# random 384-d vectors (2 CPU cores) a build took 19.1 s instead of 16.8 s, sealing included,
-# and reopening 2.0 s instead of 4.1 s; embedding those texts with MiniLM takes ~15 minutes
-# there. Chroma requires batch_size <= sync_threshold. These decide when vectors reach disk,
-# never what a search returns, so they key the index (its layout) but are not part of HNSW.
-_HNSW_PERSISTENCE = {"sync_threshold": 1, "batch_size": 1}
+# When Chroma's local HNSW index reaches disk: Chroma saves it (its graph files and an id map)
+# inside the add that brings the vectors added since its last save to the collection's
+# sync_threshold, and each save writes a share of the whole index so far. Until then the
+# vectors are only in chroma.sqlite3's log, which every add reads again from the last saved
+# position, and which every open replays into memory. ragkit adds in the largest batches
+# Chroma accepts and sets the threshold so that an index is saved _SAVES times, evenly, the
+# last time with the last add (see _add_plan): the files on disk are the whole index the moment
+# a build ends, so they can be digested (see _seal), and reopening replays nothing. A fixed
+# number of saves keeps what a build writes a fixed multiple of the index: saving every 4 adds
+# wrote 15.8 GB for a 1M-vector index of 1.9 GB, and saving after every add of 256 vectors
+# (ragkit before) 88 GiB; one save at the end re-reads the log quadratically.
+# benchmarks/results/index_persistence-cpu.md and scaling-cpu.md measure it. These decide
+# when vectors reach disk, never what a search returns, so they key the index (its layout)
+# but are not part of HNSW.
+_SAVES = 4
+_HNSW_PERSISTENCE = {"adds": "largest batch, see _add_plan", "saves": _SAVES}
 
 
-def _add_plan(total: int, max_batch: int, batches_per_save: int) -> tuple[int, list[int]]:
+def _persistence(total: int, max_batch: int) -> dict[str, int]:
+    """The HNSW configuration that makes Chroma save as :func:`_add_plan` plans for an index
+    of ``total`` vectors (Chroma requires batch_size <= sync_threshold)."""
+    threshold, _ = _add_plan(total, max_batch, _SAVES)
+    return {"sync_threshold": threshold, "batch_size": min(threshold, max_batch)}
+
+
+def _add_plan(total: int, max_batch: int, saves: int) -> tuple[int, list[int]]:
     """The sync threshold and the sizes of the adds that build an index of ``total`` vectors,
-    so that Chroma saves its HNSW index every ``batches_per_save`` adds or so, and the last
-    save comes with the last add.
+    so that Chroma saves its HNSW index ``saves`` times (fewer when ``total`` is under
+    ``saves`` full batches), the last time with the last add.
 
     Chroma saves once the vectors added since its last save reach the threshold, inside the
     add that reaches it. So the adds come in runs of about ``threshold`` vectors, each run's
@@ -93,14 +113,14 @@ def _add_plan(total: int, max_batch: int, batches_per_save: int) -> tuple[int, l
     large as Chroma accepts.
 
     Example:
-        >>> _add_plan(12, 5, 1)
-        (4, [4, 4, 4])
-        >>> _add_plan(23, 5, 2)
+        >>> _add_plan(12, 5, 3)
+        (6, [1, 5, 1, 5])
+        >>> _add_plan(23, 5, 3)
         (7, [3, 5, 3, 5, 2, 5])
     """
     if total < 1:
         return 1, []
-    runs = max(1, -(-total // (max_batch * batches_per_save)))
+    runs = max(1, min(saves, total // max_batch))
     threshold, longer = divmod(total, runs)  # the first `longer` runs hold one vector more
     sizes: list[int] = []
     for run in range(runs):
@@ -123,6 +143,10 @@ BUILD_LOCK = "ragkit-build.lock"
 _PROBE_SIZE = 16
 _PROBE_NEIGHBOURS = 8
 _SELF_DISTANCE = 1e-3
+# Exact search: how far below the n-th best float32 score of a matrix product a stored vector
+# is still rescored in float64. A float32 dot product of unit vectors of d dimensions is off
+# by at most d x 2**-24 (2.3e-5 at 384 dimensions), in practice far less.
+_EXACT_MARGIN = 1e-4
 # Encode arguments that change speed or output display, never the vectors themselves.
 _SPEED_ONLY_ENCODE_KWARGS = frozenset({"batch_size", "show_progress_bar"})
 # How many chunks to fetch per wanted document on the first try; doubled while short.
@@ -383,7 +407,7 @@ class ChromaRetriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        hits = self.index.store.similarity_search_with_score(query, k=min(self.k, self.index.count))
+        hits = self.index.store.similarity_search_with_score(query, k=min(self.k, self.index._size))
         return [
             Document(
                 page_content=doc.page_content, id=doc.id, metadata={**doc.metadata, "score": 1.0 - float(distance)}
@@ -423,6 +447,10 @@ class ChromaIndex:
         self.persist_directory = persist_directory
         # Our own handle, with no embedding function, so nothing can ever ask Chroma to embed.
         self._collection = client.get_collection(collection_name, embedding_function=None)
+        # Counted once: a count costs a scan that grows with the collection (11 ms at 50,000
+        # vectors), and searches need it on every call (how deep they can go).
+        self._size = self._collection.count()
+        self._exact: tuple[np.ndarray, list[str]] | None = None  # unit vectors and their ids, once loaded
 
     def __repr__(self) -> str:
         chunks = f", chunk_size={self.chunk_size}" if self.chunk_size else ""
@@ -448,12 +476,25 @@ class ChromaIndex:
         """Query vectors, one row per query, as ``embed_query`` makes them (see :func:`embed_queries`)."""
         return embed_queries(self.embeddings, queries)
 
-    def search_by_vector(self, vectors: np.ndarray | Sequence[Sequence[float]], k: int) -> Hits:
+    @property
+    def exact(self) -> bool:
+        """Whether searches are exact by default: on an index of at most
+        ``settings.EXACT_SEARCH_MAX_VECTORS`` vectors, where exact search is the faster."""
+        return self._size <= EXACT_SEARCH_MAX_VECTORS
+
+    def search_by_vector(
+        self, vectors: np.ndarray | Sequence[Sequence[float]], k: int, *, exact: bool | None = None
+    ) -> Hits:
         """The ``k`` best documents for each query vector, as ``(doc_id, cosine similarity)``.
 
         On a chunked index a document scores as its best chunk; more chunks are fetched until
         ``k`` distinct documents are found (or the index runs out). Any number of queries may be
         searched at once: they go to Chroma in calls small enough for its SQLite store.
+
+        ``exact``: search every stored vector (one matrix product; the vectors are read from
+        Chroma once and kept in memory) instead of Chroma's approximate HNSW search; by
+        default on an index of at most ``settings.EXACT_SEARCH_MAX_VECTORS`` vectors (see
+        :attr:`exact`). Both return the same ranking, up to HNSW's misses.
 
         Example::
 
@@ -469,7 +510,7 @@ class ChromaIndex:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.size == 0:
             return []
-        total = self.count
+        total = self._size
         results: Hits = [[] for _ in vectors]
         pending = list(range(len(vectors)))
         # One query's hits must fit one call too: on a chunked index of more passages than
@@ -477,9 +518,10 @@ class ChromaIndex:
         # the documents they hold.
         deepest = min(total, _HITS_PER_CALL)
         n = min(k if self.chunk_size is None else k * _CHUNK_OVERFETCH, deepest)
+        query = self._query_exact if (self.exact if exact is None else exact) else self._query
         while pending:
             short = []
-            for i, ranked in zip(pending, self._query(vectors[pending], n)):
+            for i, ranked in zip(pending, query(vectors[pending], n)):
                 best: dict[str, float] = {}
                 for doc_id, score in ranked:
                     best.setdefault(doc_id, score)  # chunks come best first: the first is the max
@@ -489,8 +531,9 @@ class ChromaIndex:
             pending, n = short, min(2 * n, deepest)
         return results
 
-    def search(self, queries: Sequence[str], k: int) -> Hits:
-        """The ``k`` best documents for each query: queries embedded in one batch, then searched.
+    def search(self, queries: Sequence[str], k: int, *, exact: bool | None = None) -> Hits:
+        """The ``k`` best documents for each query: queries embedded in one batch, then searched
+        (exactly or by HNSW, see :meth:`search_by_vector`).
 
         Example::
 
@@ -498,18 +541,70 @@ class ChromaIndex:
             # [[('d1', 0.71)], [('d2', 0.64)]]
         """
         _check_k(k)
-        return self.search_by_vector(self.embed_queries(queries), k)
+        return self.search_by_vector(self.embed_queries(queries), k, exact=exact)
+
+    def _stored_vectors(self) -> tuple[np.ndarray, list[str]]:
+        """Every stored vector, normalised (cosine similarity is then a dot product), and the
+        document id of each, read from Chroma once."""
+        if self._exact is None:
+            rows, ids = [], []
+            page, offset = self.client.get_max_batch_size(), 0
+            while offset < self._size:
+                got = self._collection.get(include=["embeddings"], limit=page, offset=offset)
+                if not got["ids"]:
+                    break
+                rows.append(np.asarray(got["embeddings"], dtype=np.float32))
+                ids += got["ids"]
+                offset += len(got["ids"])
+            matrix = np.concatenate(rows) if rows else np.empty((0, 0), dtype=np.float32)
+            norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+            matrix /= np.where(norms > 0, norms, 1)
+            chunked = self.chunk_size is not None
+            self._exact = matrix, [i.rpartition("#")[0] if chunked else i for i in ids]
+        return self._exact
+
+    def _query_exact(self, vectors: np.ndarray, n: int) -> list[list[tuple[str, float]]]:
+        """As :meth:`_query`, by brute force: the ``n`` most similar stored vectors of each
+        query, ties in the order Chroma stores them.
+
+        A matrix product scores every stored vector at once, but its float32 rounding depends
+        on how many queries share it, so it only picks the candidates: every vector within
+        ``_EXACT_MARGIN`` of the n-th best, far more than that rounding. The candidates are
+        scored again in float64, one query at a time: a query's hits are the same whatever
+        other queries are searched with it."""
+        matrix, doc_ids = self._stored_vectors()
+        total = len(doc_ids)
+        n = min(n, total)
+        queries = vectors / np.where((norms := np.linalg.norm(vectors, axis=1, keepdims=True)) > 0, norms, 1)
+        out = []
+        step = max(1, (1 << 24) // max(1, total))  # queries x vectors scores of 64 MiB at most
+        for start in range(0, len(queries), step):
+            block = queries[start : start + step]
+            for query, approximate in zip(block, block @ matrix.T):
+                if n < total:
+                    nth = np.partition(approximate, total - n)[total - n]
+                    candidates = np.flatnonzero(approximate >= nth - _EXACT_MARGIN)
+                else:
+                    candidates = np.arange(total)
+                scores = (matrix[candidates].astype(np.float64) * query.astype(np.float64)).sum(axis=1)
+                best = np.lexsort((candidates, -scores))[:n]
+                out.append([(doc_ids[candidates[j]], float(scores[j])) for j in best])
+        return out
 
     def _query(self, vectors: np.ndarray, n: int) -> list[list[tuple[str, float]]]:
+        """``(doc_id, score)`` of the ``n`` nearest records of each vector. Only distances
+        are fetched: a hit's id says its document (the doc id, or ``<doc_id>#<n>`` for a
+        chunk, see _records), so no metadata row is read."""
         out = []
         step = max(1, min(self.client.get_max_batch_size(), _HITS_PER_CALL // n))
+        chunked = self.chunk_size is not None
         for start in range(0, len(vectors), step):
             res = self._collection.query(
-                query_embeddings=vectors[start : start + step], n_results=n, include=["metadatas", "distances"]
+                query_embeddings=vectors[start : start + step], n_results=n, include=["distances"]
             )
             out += [
-                [(m["doc_id"], 1.0 - float(d)) for m, d in zip(metas, dists)]
-                for metas, dists in zip(res["metadatas"], res["distances"])
+                [(i.rpartition("#")[0] if chunked else i, 1.0 - float(d)) for i, d in zip(ids, dists)]
+                for ids, dists in zip(res["ids"], res["distances"])
             ]
         return out
 
@@ -557,17 +652,24 @@ def _complete(
     batch_size: int,
     show_progress: bool,
     devices: Sequence[str] | None = None,
+    directory: Path | None = None,
 ) -> None:
     """Embed and add whatever ``records`` the collection lacks. The caller then seals it
     (:func:`_seal`): the marker says complete only once every vector is in, so an interrupted
     build stays marked incomplete. With ``devices``, one worker process per device embeds
-    (the same vectors, :func:`ragkit.loaders.embed_documents`), the pool kept for the build."""
+    (the same vectors, :func:`ragkit.loaders.embed_documents`), the pool kept for the build.
+
+    Texts are embedded ``batch_size`` at a time and added to Chroma in the batches
+    :func:`_add_plan` plans, as large as Chroma accepts, so that it saves its HNSW index as
+    planned. In a ``directory``, the free disk space is checked against what the index needs
+    before anything is added (:func:`_check_disk_space`)."""
     page = client.get_max_batch_size()
     present = _all_ids(collection, page)
     if present - {r.id for r in records}:
         # Nothing of ours writes foreign ids under this fingerprint; start clean rather than guess.
         log.warning("Chroma index %s holds unexpected ids; rebuilding it.", collection.name)
         store.reset_collection()
+        collection = client.get_collection(collection.name, embedding_function=None)
         present = set()
     missing = [r for r in records if r.id not in present]
     if present:
@@ -578,8 +680,34 @@ def _complete(
             len(records),
             len(missing),
         )
+    _, adds = _add_plan(len(missing), page, _SAVES)
     step = min(batch_size, page)
     pool = multi_process_pool(store.embeddings, devices) if devices and missing else contextlib.nullcontext()
+    waiting: list[_Record] = []  # embedded, not yet added
+    vectors: list[Any] = []
+    added = 0
+
+    def add(size: int) -> None:
+        nonlocal added
+        try:
+            collection.upsert(
+                ids=[r.id for r in waiting[:size]],
+                embeddings=vectors[:size],
+                metadatas=[r.metadata for r in waiting[:size]],
+                documents=[r.text for r in waiting[:size]],
+            )
+        except Exception as exc:
+            if directory is None:
+                raise
+            # Chroma's HNSW writer reports a failed save without its cause: a disk too full
+            # for what is left to add says what it was.
+            free = shutil.disk_usage(directory).free
+            if not _is_disk_full(exc) and free >= _bytes_needed(missing[added:], len(vectors[0])):
+                raise
+            raise _DiskFull(_bytes_needed(missing, len(vectors[0])), free, _first_line(exc)) from exc
+        added += size
+        del waiting[:size], vectors[:size]
+
     with (
         pool,
         tqdm(
@@ -591,12 +719,23 @@ def _complete(
     ):
         for start in range(0, len(missing), step):
             batch = missing[start : start + step]
-            texts, metadatas, ids = [r.text for r in batch], [r.metadata for r in batch], [r.id for r in batch]
-            if devices:
-                vectors = embed_documents(store.embeddings, texts, devices=devices)
-                collection.upsert(ids=ids, embeddings=vectors, metadatas=metadatas, documents=texts)
-            else:
-                store.add_texts(texts, metadatas=metadatas, ids=ids)
+            texts = [r.text for r in batch]
+            try:
+                if devices:
+                    vectors += list(embed_documents(store.embeddings, texts, devices=devices))
+                else:
+                    vectors += store.embeddings.embed_documents(texts)
+            except BaseException:
+                # Interrupted while embedding (an error, Ctrl-C): what was embedded is kept, so
+                # that the next build embeds only the rest (it then saves what the plan did not).
+                if waiting:
+                    add(len(waiting))
+                raise
+            if directory is not None and start == 0:
+                _check_disk_space(directory, missing, len(vectors[0]))
+            waiting += batch
+            while adds and len(waiting) >= adds[0]:
+                add(adds.pop(0))
             bar.update(len(batch))
     collection = client.get_collection(collection.name, embedding_function=None)
     if collection.count() != len(records):
@@ -604,6 +743,63 @@ def _complete(
             f"Chroma index {collection.name!r} holds {collection.count()} vectors after building, "
             f"expected {len(records)}."
         )
+
+
+# --- Disk space ---------------------------------------------------------------------------------
+
+# What an index holds per vector beyond its dim x 4 bytes, and per byte of text, from the
+# indexes of benchmarks/index_persistence.py (HNSW links and labels, the id map, Chroma's log
+# and metadata rows; texts are stored once and indexed for full-text search), with headroom.
+_BYTES_PER_VECTOR_OVERHEAD = 1024
+_BYTES_PER_TEXT_BYTE = 3
+
+
+class _DiskFull(Exception):
+    """The disk holding an index filled up (or would) while building it; ``needed``: the
+    estimated bytes the build needs, when known."""
+
+    def __init__(self, needed: int | None, free: int | None, cause: str) -> None:
+        super().__init__(cause)
+        self.needed, self.free, self.cause = needed, free, cause
+
+
+def _bytes_needed(records: Sequence[_Record], dim: int) -> int:
+    """An estimate of the disk space an index of ``records`` of ``dim`` dimensions takes."""
+    texts = sum(len(r.text.encode()) for r in records)
+    return len(records) * (dim * 4 + _BYTES_PER_VECTOR_OVERHEAD) + texts * _BYTES_PER_TEXT_BYTE
+
+
+def _check_disk_space(directory: Path, records: Sequence[_Record], dim: int) -> None:
+    """Refuse to start adding ``records`` when the disk of ``directory`` has less free space
+    than they are estimated to need: running out half-way costs the embedding done so far
+    and fails deep inside Chroma."""
+    needed = _bytes_needed(records, dim)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise _DiskFull(needed, free, f"{len(records):,} vectors of {dim} dimensions need about {needed:,} bytes")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the disk is full: an ``OSError`` of ENOSPC or
+    EDQUOT, or Chroma's and SQLite's words for it (Chroma reports errors of its Rust core as
+    an ``InternalError`` carrying their text)."""
+    import errno
+
+    words = ("no space left on device", "os error 28", "database or disk is full", "disk quota exceeded")
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(word in str(current).lower() for word in words):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 # --- Checking a persisted index before it is reused -------------------------------------------
@@ -982,6 +1178,42 @@ def _discard(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
 
 
+def _remove_folder(directory: Path, *, keep_folder: bool) -> None:
+    """Delete everything in ``directory`` (the folder itself too unless ``keep_folder``),
+    never raising: called on the way out of a failed build."""
+    _release_chroma(directory)
+    if keep_folder:
+        for path in directory.iterdir():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _disk_full_error(directory: Path, vectors: int, full: _DiskFull, removed: bool) -> CacheError:
+    need = (
+        f"It needs about {_size(full.needed)} ({full.needed:,} bytes; an estimate: vectors x dimensions x 4 bytes, "
+        f"plus {_BYTES_PER_VECTOR_OVERHEAD:,} bytes a vector for links, ids and metadata, plus {_BYTES_PER_TEXT_BYTE} "
+        "bytes a byte of text)"
+        if full.needed is not None
+        else f"It needs about {vectors:,} x (dimensions x 4 + {_BYTES_PER_VECTOR_OVERHEAD:,}) bytes plus "
+        f"{_BYTES_PER_TEXT_BYTE} bytes a byte of text (an estimate)"
+    )
+    free = f", and {_size(full.free)} are free" if full.free is not None else ""
+    left = (
+        "The half-written index was deleted."
+        if removed
+        else "The index there is kept, marked incomplete: the next build completes it."
+    )
+    return CacheError(
+        f"Not enough disk space for the Chroma index in {directory} ({full.cause}). {need}{free}. {left} Free some "
+        "space on that disk, or build elsewhere (RAGKIT_CACHE_DIR for ragkit's cache, or persist_directory), and "
+        "run again."
+    )
+
+
 @contextlib.contextmanager
 def _build_lock(directory: Path) -> Iterator[None]:
     """Hold the build lock of ``directory`` (created if need be), waiting while another
@@ -1023,10 +1255,8 @@ def _persistent_index(
     devices: Sequence[str] | None = None,
 ) -> ChromaIndex:
     """Open (and check), complete or build the index in ``directory``; a failed check raises
-    ``_DamagedIndex``, which the caller turns into a rebuild or an error."""
-    import chromadb
-    from langchain_chroma import Chroma
-
+    ``_DamagedIndex``, which the caller turns into a rebuild or an error; a full disk raises
+    ``_DiskFull``."""
     embedder_name = embeddings.model_name  # type: ignore[attr-defined]
     if (directory / "chroma.sqlite3").exists():
         problem = _sqlite_problem(directory)
@@ -1036,20 +1266,15 @@ def _persistent_index(
     # None of these calls touches the HNSW segment (collection metadata comes from SQLite; a
     # count or a search would load it), so damaged segment files are found below first.
     try:
-        client = chromadb.PersistentClient(path=str(directory), settings=chroma_settings())
-        store = Chroma(
-            collection_name=name,
-            embedding_function=embeddings,
-            client=client,
-            collection_metadata=marker,
-            collection_configuration={"hnsw": {**HNSW, **_HNSW_PERSISTENCE}},
-        )
+        client, store = _open_persistent(directory, name, embeddings, marker, len(records))
         if rebuild:
             store.reset_collection()  # recreated empty, with the marker and configuration given above
             _write_record(directory, name, None)
         collection = client.get_collection(name, embedding_function=None)
         found = dict(collection.metadata or {})
     except Exception as exc:
+        if _is_disk_full(exc):
+            raise _DiskFull(None, None, _first_line(exc)) from exc
         raise _DamagedIndex([f"Chroma cannot open it ({_first_line(exc)})"], rebuild_helps=False) from exc
     if found.get("ragkit_fingerprint") != fingerprint:
         raise RagkitError(
@@ -1101,12 +1326,79 @@ def _persistent_index(
         # A build that stopped part-way, or a collection changed through Chroma since: what it
         # holds is taken from Chroma, as before, completed, then recorded again. Its old entry
         # goes first, so a completion stopped half-way is never checked against it.
-        _write_record(directory, name, None)
-        _complete(store, client, collection, records, embedder_name, batch_size, show_progress, devices)
-        _seal(client, name, records, fingerprint, embedder_name, chunk_size, directory)
+        try:
+            _write_record(directory, name, None)
+            _complete(store, client, collection, records, embedder_name, batch_size, show_progress, devices, directory)
+            if _unsaved(directory, str(collection.id)):
+                client, store = _save_log(directory, name, embeddings, marker, len(records))
+            unsaved = _unsaved(directory, str(collection.id))
+            if unsaved:
+                raise RagkitError(
+                    f"Chroma left {unsaved} vectors of collection {name!r} in {directory} out of its saved HNSW "
+                    "index after building it, so its files cannot be digested. Delete that folder and run again; "
+                    "report this, with chromadb's version, if it happens again."
+                )
+            _seal(client, name, records, fingerprint, embedder_name, chunk_size, directory)
+        except _DiskFull:
+            raise
+        except Exception as exc:
+            if _is_disk_full(exc):
+                raise _DiskFull(None, None, _first_line(exc)) from exc
+            raise
     return ChromaIndex(
         store, client, embeddings, fingerprint, chunk_size=chunk_size, collection_name=name, persist_directory=directory
     )
+
+
+def _open_persistent(
+    directory: Path, name: str, embeddings: Embeddings, marker: dict[str, Any], total: int
+) -> tuple[Any, Any]:
+    """A client on ``directory`` and the LangChain store of collection ``name``, created
+    (with ``marker`` and ragkit's HNSW configuration for ``total`` vectors) if it is new."""
+    import chromadb
+    from langchain_chroma import Chroma
+
+    client = chromadb.PersistentClient(path=str(directory), settings=chroma_settings())
+    store = Chroma(
+        collection_name=name,
+        embedding_function=embeddings,
+        client=client,
+        collection_metadata=marker,
+        collection_configuration={"hnsw": {**HNSW, **_persistence(total, client.get_max_batch_size())}},
+    )
+    return client, store
+
+
+def _unsaved(directory: Path, collection_id: str) -> int | None:
+    """How many entries of Chroma's log for the collection its saved HNSW index does not
+    hold yet (``None`` when Chroma's tables cannot be read so)."""
+    rows = _sqlite_rows(
+        directory,
+        "SELECT COUNT(*) FROM embeddings_queue WHERE topic LIKE ? AND seq_id > (SELECT COALESCE(MAX(m.seq_id), 0) "
+        "FROM segments s JOIN max_seq_id m ON m.segment_id = s.id WHERE s.collection = ? AND s.scope = 'VECTOR')",
+        (f"%/{collection_id}", collection_id),
+    )
+    return None if not rows else int(rows[0][0])
+
+
+def _save_log(
+    directory: Path, name: str, embeddings: Embeddings, marker: dict[str, Any], total: int
+) -> tuple[Any, Any]:
+    """Make Chroma save what its log holds beyond its saved HNSW index (a build completed
+    from a part-way one can end between saves): a collection's sync threshold is read when
+    Chroma opens it, so it is lowered to 1, the collection reopened, and loading it (a
+    count) replays the log into a save. Returns the new client and store."""
+    import chromadb
+
+    log.info("Saving the rest of Chroma's log into the HNSW index of %s in %s.", name, directory)
+    client = chromadb.PersistentClient(path=str(directory), settings=chroma_settings())
+    client.get_collection(name, embedding_function=None).modify(
+        configuration={"hnsw": {"sync_threshold": 1, "batch_size": 1}}
+    )
+    _release_chroma(directory)
+    client, store = _open_persistent(directory, name, embeddings, marker, total)
+    client.get_collection(name, embedding_function=None).count()
+    return client, store
 
 
 def _client_index(
@@ -1132,7 +1424,7 @@ def _client_index(
         embedding_function=embeddings,
         client=client,
         collection_metadata=marker,
-        collection_configuration={"hnsw": {**HNSW, **_HNSW_PERSISTENCE}},
+        collection_configuration={"hnsw": {**HNSW, **_persistence(len(records), client.get_max_batch_size())}},
     )
     if rebuild:
         store.reset_collection()
@@ -1278,8 +1570,18 @@ def build_chroma_index(
 
     ours = persist_directory is None  # a folder in ragkit's cache, which ragkit may delete
     directory = Path(persist_directory) if persist_directory is not None else cache_dir() / "chroma" / fingerprint
+    existed = directory.exists()
     with _build_lock(directory):
-        return _locked_build(directory, ours, records, embeddings, fingerprint, name, rebuild=rebuild, **options)
+        fresh = not (directory / "chroma.sqlite3").exists()
+        try:
+            return _locked_build(directory, ours, records, embeddings, fingerprint, name, rebuild=rebuild, **options)
+        except _DiskFull as full:
+            # Nothing half-written stays: a folder of ragkit's cache, or one this build began, goes
+            # (its lock with it; a waiting process makes a new one). A folder that held an index
+            # before is yours: it stays, that collection marked incomplete.
+            if ours or fresh:
+                _remove_folder(directory, keep_folder=existed and not ours)
+            raise _disk_full_error(directory, len(records), full, removed=ours or fresh) from full
 
 
 def _locked_build(

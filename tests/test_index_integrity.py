@@ -93,10 +93,19 @@ def damage(directory: Path, kind: str) -> None:
     elif kind == "truncate-sqlite":
         os.truncate(sqlite, sqlite.stat().st_size // 2)
     elif kind == "overwrite-sqlite":
-        # A whole page in the middle: SQLite pages are 4 KiB, and every page of this file is in use.
+        # A whole page in use, in the middle of them: a build leaves free pages too (Chroma's log
+        # is purged once the HNSW index is saved), whose content nothing reads.
+        import sqlite3
+
+        connection = sqlite3.connect(sqlite)
+        try:
+            [(page_size,)] = connection.execute("PRAGMA page_size").fetchall()
+            pages = [row[0] for row in connection.execute("SELECT pageno FROM dbstat ORDER BY pageno")]
+        finally:
+            connection.close()
         with open(sqlite, "r+b") as f:
-            f.seek(sqlite.stat().st_size // 2 // 4096 * 4096)
-            f.write(np.random.default_rng(0).bytes(4096))
+            f.seek((pages[len(pages) // 2] - 1) * page_size)
+            f.write(np.random.default_rng(0).bytes(page_size))
     elif kind == "delete-record":
         (directory / INDEX_RECORD).unlink()
     else:
@@ -301,3 +310,66 @@ def test_probe_catches_a_changed_vector_on_a_client(tiny_embedder_path):
     )
     assert rebuilt.count == 300
     assert build_chroma_index(docs, emb, client=client, collection_name="probe-check", show_progress=False).count == 300
+
+
+class StopAfter(RandomEmbeddings):
+    """Fails once it has embedded ``limit`` texts: a build interrupted part-way."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if self.texts + len(texts) > self.limit:
+            raise KeyboardInterrupt
+        return super().embed_documents(texts)
+
+
+@pytest.fixture
+def small_chroma_batches(monkeypatch):
+    """Chroma accepting 100 vectors an add, so that 1,500 make a build of many adds and saves."""
+    from chromadb.api.client import Client
+
+    monkeypatch.setattr(Client, "get_max_batch_size", lambda self: 100)
+
+
+def unsaved(directory: Path) -> int:
+    """Log entries that Chroma's saved HNSW index does not hold."""
+    import sqlite3
+
+    connection = sqlite3.connect(f"{(directory / 'chroma.sqlite3').as_uri()}?mode=ro", uri=True)
+    try:
+        [(saved,)] = connection.execute(
+            "SELECT COALESCE(MAX(m.seq_id), 0) FROM segments s JOIN max_seq_id m ON m.segment_id = s.id "
+            "WHERE s.scope = 'VECTOR'"
+        ).fetchall()
+        return connection.execute("SELECT COUNT(*) FROM embeddings_queue WHERE seq_id > ?", (saved,)).fetchall()[0][0]
+    finally:
+        connection.close()
+
+
+def test_a_build_of_many_adds_ends_with_every_vector_saved(cache, small_chroma_batches):
+    index = build_chroma_index(make_docs(), RandomEmbeddings(), batch_size=64, show_progress=False)
+    directory = index.persist_directory
+    assert index.client.get_max_batch_size() == 100
+    assert unsaved(directory) == 0
+    assert [[d for d, _ in hits] for hits in index.search(QUERIES, K)] == exact_top_k()
+    close(index)
+    assert reopen_in_child(verify=directory) == {"problems": []}
+
+
+def test_a_build_completed_after_an_interruption_ends_with_every_vector_saved(cache, small_chroma_batches, caplog):
+    with pytest.raises(KeyboardInterrupt):
+        build_chroma_index(make_docs(), StopAfter(1000), batch_size=64, show_progress=False)
+    [directory] = (cache / "chroma").iterdir()
+    assert unsaved(directory) > 0  # stopped between two saves
+    caplog.set_level(logging.INFO, logger="ragkit")
+    emb = RandomEmbeddings()
+    index = build_chroma_index(make_docs(), emb, batch_size=64, show_progress=False)
+    assert 0 < emb.texts < N_DOCS  # completed, not rebuilt
+    # Its adds began part-way into a run of them: the last ones were saved on their own.
+    assert any(r.getMessage().startswith("Saving the rest of Chroma's log") for r in caplog.records)
+    assert index.persist_directory == directory and unsaved(directory) == 0
+    assert [[d for d, _ in hits] for hits in index.search(QUERIES, K)] == exact_top_k()
+    close(index)
+    assert reopen_in_child(verify=directory) == {"problems": []}

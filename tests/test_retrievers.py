@@ -225,6 +225,44 @@ def test_chunk_hits_map_to_documents_with_their_best_chunk_score(embedder):
         assert np.allclose([s for _, s in hits], [best[d] for d, _ in hits], atol=1e-5)
 
 
+def test_search_reads_only_distances_and_never_counts(embedder):
+    """An HNSW search asks Chroma for distances alone (a hit's id names its document, also a
+    chunk's: ``<doc_id>#<n>``, with doc ids that hold '#' themselves) and never counts the
+    collection again; its hits are those the stored metadata name."""
+    texts = {f"{doc_id}#x" if doc_id in ("d3", "d6") else doc_id: text for doc_id, text in TEXTS.items()}
+    for chunk_size in (None, 20):
+        index = build_chroma_index(
+            make_docs(texts), embedder, chunk_size=chunk_size, chunk_overlap=0, show_progress=False
+        )
+        collection = index._collection
+        calls: list[list[str]] = []
+        counts: list[int] = []
+        query, count = collection.query, collection.count
+
+        def spy_query(*args, query=query, calls=calls, **kwargs):
+            calls.append(list(kwargs.get("include", [])))
+            return query(*args, **kwargs)
+
+        def spy_count(count=count, counts=counts):
+            counts.append(1)
+            return count()
+
+        collection.query, collection.count = spy_query, spy_count
+        hits = index.search(QUERIES, len(texts), exact=False)
+        assert calls and all(include == ["distances"] for include in calls) and not counts
+        collection.query, collection.count = query, count
+        # Reference: the doc ids Chroma stored in each hit's metadata, best chunk per document.
+        found = collection.query(
+            query_embeddings=index.embed_queries(QUERIES), n_results=index.count, include=["metadatas", "distances"]
+        )
+        for got, metadatas, distances in zip(hits, found["metadatas"], found["distances"]):
+            best: dict[str, float] = {}
+            for metadata, distance in zip(metadatas, distances):
+                best.setdefault(metadata["doc_id"], 1 - distance)
+            assert [d for d, _ in got] == list(best) and {d for d, _ in got} == set(texts)
+            assert np.allclose([s for _, s in got], list(best.values()), atol=1e-6)
+
+
 def test_retriever_and_batched_search_agree(embedder):
     for chunk_size in (None, 20):
         index = build_chroma_index(make_docs(), embedder, chunk_size=chunk_size, chunk_overlap=0, show_progress=False)
