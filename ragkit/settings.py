@@ -116,6 +116,14 @@ RRF_C = 60
 HYBRID_WEIGHTS = (0.5, 0.5)  # dense, BM25
 FUSION_DEPTH = FIRST_STAGE_DEPTH
 INDEX_BATCH_SIZE = 256  # documents embedded and added to Chroma per step (capped by Chroma's limit)
+# Dense search is exact (one matrix product over the stored vectors, held in memory) for an
+# index of at most this many vectors, and Chroma's HNSW search above: the largest size at which
+# exact search was the faster one query at a time on a quiet 2-core machine
+# (benchmarks/results/exact_crossover/scaling-cpu.md, 384-d: 1.95 ms exact against 2.63 ms HNSW
+# at 20,000 vectors, 3.42 ms against 2.48 ms at 30,000; they meet near 24,000). An evaluation's
+# batch of 1,000 queries is faster exact up to 50,000 (1.01 s against 1.03 s). Below the
+# threshold exact search finds the true nearest neighbours too. 0: always HNSW.
+EXACT_SEARCH_MAX_VECTORS = 20_000
 # (query, passage) pairs per cross-encoder forward pass, by kind of device. On a CPU small
 # batches are fastest: on 2 cores the pooled stream scored about 30% more SciFact pairs per
 # second in batches of 8 than of 32, and the per-query path as many in batches of 2-8 (less

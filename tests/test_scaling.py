@@ -35,6 +35,15 @@ FIELDS = {
     "recall@100",
     "exact_ms_per_query",
     "build_written_mb",
+    "written_vs_disk",
+    "bare_build_s",
+    "bare_build_docs_per_s",
+    "build_vs_bare",
+    "bare_p50_ms",
+    "p50_vs_bare",
+    "exact_p50_ms",
+    "exact_batch_s",
+    "exact_recall@100",
     "extrapolated",
 }
 
@@ -72,8 +81,10 @@ def test_one_row_per_size_with_every_figure(measured):
     for row in rows[:2]:
         assert FIELDS <= set(row), FIELDS - set(row)
         assert row["extrapolated"] is False
-        for field in FIELDS - {"documents", "extrapolated", "build_written_mb"}:
+        for field in FIELDS - {"documents", "extrapolated", "build_written_mb", "written_vs_disk"}:
             assert row[field] > 0, field
+        assert row["exact_recall@100"] == 1.0  # exact search is exact
+        assert row["p50_vs_bare"] == pytest.approx(row["p50_ms"] / row["bare_p50_ms"])
         assert row["build_written_mb"] is None or row["build_written_mb"] >= 0  # None where /proc/self/io is not
         assert row["p95_ms"] >= row["p50_ms"]
         # A high-water mark never falls: the build's is at least the one after imports.
@@ -119,6 +130,18 @@ def test_a_slowing_build_is_pointed_out(scaling):
     assert scaling._slowdown_notes(progress[:1], [row]) == []  # one chunk: nothing to compare
 
 
+def test_the_crossover_is_where_exact_and_hnsw_latencies_meet(measured, scaling):
+    record = measured[0]
+    assert set(record["crossover"]) == {"exact_faster_at", "documents"}
+    rows = [
+        {"documents": 10_000, "p50_ms": 2.0, "exact_p50_ms": 1.0, "extrapolated": False},
+        {"documents": 100_000, "p50_ms": 2.0, "exact_p50_ms": 4.0, "extrapolated": False},
+    ]
+    found = scaling.exact_crossover(rows)
+    assert found["exact_faster_at"] == [10_000] and found["documents"] == 31_623  # halfway, log-log
+    assert scaling.exact_crossover(rows[:1])["documents"] is None
+
+
 def test_hnsw_finds_the_exact_top_100(measured):
     for row in measured[0]["tables"]["scaling"][:2]:
         assert row["recall@100"] >= 0.9, row
@@ -130,8 +153,13 @@ def test_records_ragkits_chroma_configuration_and_provenance(measured, scaling):
     params, env = record["parameters"], record["environment"]
     assert params["hnsw_configuration"]["space"] == "cosine"
     assert params["hnsw_configuration"]["ef_search"] == scaling.HNSW["ef_search"]
-    assert params["hnsw_configuration"]["sync_threshold"] == scaling._HNSW_PERSISTENCE["sync_threshold"]
-    assert params["add_batch_size"] == scaling.INDEX_BATCH_SIZE
+    # The largest size built last: its configuration is ragkit's for that many vectors.
+    built = record["tables"]["scaling"][1]["documents"]
+    assert (
+        params["hnsw_configuration"]["sync_threshold"]
+        == scaling._persistence(built, params["add_batch_size"])["sync_threshold"]
+    )
+    assert params["saves"] == scaling._SAVES
     assert env["libraries"]["chromadb"] and env["versions"]["torch"] and env["date"]
     assert isinstance(env["load_average_1min_at_start"], float)
     assert env["load_average_1min_during"]["samples"] >= 1 and env["load_average_1min_during"]["max"] >= 0
@@ -270,3 +298,32 @@ def test_the_readme_states_the_committed_scaling_measurements():
         assert figure in section, figure
     assert f"BM25 took {bm25[-1]['batch_s']:.1f} s at 1M" in section
     assert f"{dense[-1]['build_s'] / 60:.0f} min" in section and f"{bm25[-1]['peak_rss_mb'] / 1024:.1f} GiB" in section
+
+
+def test_the_exact_search_threshold_follows_the_committed_crossover():
+    """settings.EXACT_SEARCH_MAX_VECTORS is the largest measured size at which exact search was
+    faster than HNSW one query at a time, and lies below the size where the two meet."""
+    from ragkit.settings import EXACT_SEARCH_MAX_VECTORS
+
+    record = json.loads((ROOT / "benchmarks" / "results" / "exact_crossover" / "scaling-cpu.json").read_text())
+    rows = [r for r in record["tables"]["scaling"] if not r["extrapolated"]]
+    faster = [r["documents"] for r in rows if r["exact_p50_ms"] < r["p50_ms"]]
+    assert record["crossover"]["exact_faster_at"] == faster
+    assert EXACT_SEARCH_MAX_VECTORS == max(faster)
+    assert all(r["exact_p50_ms"] >= r["p50_ms"] for r in rows if r["documents"] > EXACT_SEARCH_MAX_VECTORS)
+    assert EXACT_SEARCH_MAX_VECTORS < record["crossover"]["documents"]
+
+
+def test_the_readme_states_the_committed_crossover_and_build_ratios():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("- **Before a larger corpus**") : readme.index("Several `--dataset`s")]
+    crossover = json.loads((ROOT / "benchmarks" / "results" / "exact_crossover" / "scaling-cpu.json").read_text())
+    for row in crossover["tables"]["scaling"]:
+        if row["documents"] in (10_000, 20_000, 30_000):
+            said = f"{row['exact_p50_ms']:.1f} ms exact against {row['p50_ms']:.1f} ms HNSW"
+            said_short = f"{row['exact_p50_ms']:.1f} ms against {row['p50_ms']:.1f} ms"
+            assert said in section or said_short in section, said
+    assert f"near {round(crossover['crossover']['documents'], -3) // 1000}k" in section
+    largest = json.loads((ROOT / "benchmarks" / "results" / "scaling-cpu.json").read_text())["tables"]["scaling"][-1]
+    assert f"{largest['build_vs_bare']:.2f} times the rate" in section
+    assert f"wrote {largest['written_vs_disk']:.1f} times" in section
