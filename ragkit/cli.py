@@ -56,12 +56,10 @@ def smoke(embedder: str, reranker: str, device: str) -> int:
 
 
 def _check_model(name: str, kind: str) -> str:
-    from pathlib import Path
+    from ragkit.models import check_model
+    from ragkit.settings import env_flag
 
-    from ragkit.models import get_model
-
-    if not Path(name).is_dir():
-        get_model(name, kind)  # raises with the list of known models
+    check_model(name, kind, offline=env_flag("HF_HUB_OFFLINE"))  # type: ignore[arg-type]
     return name
 
 
@@ -106,6 +104,19 @@ def _check_chroma_server(host: str, port: int) -> None:
         ) from None
 
 
+def _check_run_file(path: str) -> None:
+    """That ``--run`` names a readable file; its lines and ids are checked once the collection
+    is loaded, before any work (``ragkit.runfile.check_run_stage``)."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        what = "is a folder" if Path(path).is_dir() else "does not exist"
+        raise ConfigError(
+            f"--run {path} {what}: give the path of a TREC run file (lines of '<query id> Q0 <document id> <rank> "
+            "<score> <run tag>'), for example a report's runs/<pipeline>.trec."
+        )
+
+
 def _check_options(args: argparse.Namespace) -> None:
     """Every check of the options that needs neither torch, nor chromadb, nor LangChain: they
     take seconds to import, and a mistyped option should fail at once. (Which devices this
@@ -134,9 +145,13 @@ def _check_options(args: argparse.Namespace) -> None:
             )
     for value in args.max_lengths:
         _whole_or_number("--max-lengths", value)
+    if args.embedders is None:  # ragkit's dense first stage, unless the first stages are run files
+        args.embedders = [] if args.run else [DEFAULT_EMBEDDER]
     embedders = [e for e in args.embedders if e.lower() != "none"]
-    if not embedders and not args.bm25:
-        raise ConfigError("No first stage: --embedders none needs --bm25.")
+    if not embedders and not args.bm25 and not args.run:
+        raise ConfigError("No first stage: --embedders none needs --bm25 or --run.")
+    for path in args.run:
+        _check_run_file(path)
     if args.hybrid and not embedders:
         raise ConfigError("--hybrid fuses each embedder's ranking with BM25's: it needs at least one of --embedders.")
     if not all(math.isfinite(w) and w > 0 for w in args.fusion_weights):
@@ -200,7 +215,7 @@ def evaluate(args: argparse.Namespace) -> int:
                      fusion_weights=check_weights(args.fusion_weights), reranker_dtypes=args.reranker_dtypes,
                      truncate=args.truncate, chunk_sizes=chunk_sizes, chunk_overlap=args.chunk_overlap,
                      chunk_unit=args.chunk_unit, passage_score=args.passage_score,
-                     max_lengths=max_lengths)  # fmt: skip
+                     max_lengths=max_lengths, runs=args.run)  # fmt: skip
     skipped = skipped_combinations(args.k, top_ns) if any(rerankers) else []
 
     from ragkit.data import load_beir, make_subset, sample_queries
@@ -216,7 +231,7 @@ def evaluate(args: argparse.Namespace) -> int:
             check_writable(output / name, REPORT_LAYOUT)
     for k, top_n in skipped:
         print(f"note: k={k} with top_n={top_n} is left out: a reranker cannot return more than its k candidates.")
-    results = []
+    evaluated = []
     for collection in collections:
         n_queries = args.subset or (DEFAULT_EVAL_QUERIES if args.queries is None else args.queries)
         if n_queries >= len(collection.queries):
@@ -228,6 +243,14 @@ def evaluate(args: argparse.Namespace) -> int:
             collection = make_subset(collection, n_queries, seed=args.seed)
         elif n_queries:
             collection = sample_queries(collection, n_queries, seed=args.seed)
+        evaluated.append(collection)
+    from ragkit.registry import FIRST_STAGES
+
+    for collection in evaluated:  # every collection's run files checked before the first one's work
+        for p in pipelines:
+            FIRST_STAGES[p.retriever].check_input(collection, p)
+    results = []
+    for collection in evaluated:
         print(collection.summary())
         result = experiment(collection, pipelines, measures=measures, device=device, batch_size=args.batch_size,
                             latency_queries=args.latency_queries, use_cache=not args.no_cache,
@@ -337,9 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--embedders",
         nargs="+",
-        default=[DEFAULT_EMBEDDER],
+        default=None,
         metavar="MODEL",
-        help="dense first stages (default: %(default)s); 'none' with --bm25 for BM25 alone",
+        help=f"dense first stages (default: {DEFAULT_EMBEDDER}, none with --run); 'none' with --bm25 for BM25 alone",
+    )
+    e.add_argument(
+        "--run",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="a TREC run file another system wrote, as a first stage (repeatable): its rankings are evaluated and "
+        "reranked beside ragkit's own",
     )
     e.add_argument(
         "--rerankers",

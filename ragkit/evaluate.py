@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,7 @@ from ragkit.errors import ConfigError
 from ragkit.loaders import multi_process_pool, resolve_device
 from ragkit.measures import Run, parse_measures, per_query_scores, ranked_run
 from ragkit.provenance import code_state, device_description, machine_state, model_state, now, versions
+from ragkit.registry import FIRST_STAGES, first_stage_kind
 from ragkit.rerank import load_reranker, score_pairs, token_lengths, truncation_mask
 from ragkit.results import EvaluationResult
 from ragkit.settings import (
@@ -52,10 +53,9 @@ from ragkit.settings import (
     RunSettings,
     rerank_batch_size,
 )
+from ragkit.stages import FirstStage, Hits, StageContext, check_hits, hits_problem
+from ragkit.stages import short_name as _short
 from ragkit.stats import aggregate, percentile_ci
-
-if TYPE_CHECKING:
-    from ragkit.retrievers import Hits
 
 log = logging.getLogger("ragkit")
 
@@ -64,17 +64,16 @@ log = logging.getLogger("ragkit")
 SCORE_CHUNK = 256
 
 
-def _short(model_id: str) -> str:
-    return model_id.rstrip("/").split("/")[-1]
-
-
 @dataclass(frozen=True)
 class Pipeline:
-    """One retrieval pipeline: a first stage (dense, BM25 or both fused), optionally reranked.
+    """One retrieval pipeline: a first stage (dense, BM25, both fused, or a run file),
+    optionally reranked.
 
     Args:
-        retriever: ``"dense"`` (Chroma + an embedder), ``"bm25"``, or ``"hybrid"``: the dense
-            and BM25 rankings fused by weighted reciprocal rank fusion (``ragkit.hybrid``).
+        retriever: the kind of first stage, one of ``ragkit.stages.FIRST_STAGES``:
+            ``"dense"`` (Chroma + an embedder), ``"bm25"``, ``"hybrid"`` (the dense and BM25
+            rankings fused by weighted reciprocal rank fusion, ``ragkit.hybrid``), or ``"run"``
+            (a TREC run file another system wrote, ``run_file``; ``ragkit.runfile``).
         embedder: Hub id of the embedder for ``"dense"`` and ``"hybrid"``.
         reranker: Hub id of a cross-encoder, or ``None`` for the first stage alone.
         k: candidates taken from the first stage: the documents returned when there is no
@@ -108,6 +107,7 @@ class Pipeline:
         max_length: tokens of each (query, passage) pair the cross-encoder reads (default: the
             model's maximum, 512 for the MiniLM cross-encoders); longer pairs are truncated, and
             the results table says what share of each pipeline's pairs were.
+        run_file: for ``retriever="run"``, the TREC run file whose rankings are the first stage.
 
     Rankings are decided on the cross-encoder's logits, which never saturate (its sigmoid
     rounds every strong match to 1.0 and turns them into ties), and a run's scores strictly
@@ -118,7 +118,7 @@ class Pipeline:
         'dense(all-MiniLM-L6-v2) >> ms-marco-MiniLM-L-12-v2(k=50, top_n=50)'
     """
 
-    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
+    retriever: str = "dense"
     embedder: str | None = DEFAULT_EMBEDDER
     reranker: str | None = None
     k: int | None = None
@@ -131,20 +131,29 @@ class Pipeline:
     chunk_unit: str = "chars"
     passage_score: str = "maxp"
     max_length: int | None = None
+    run_file: str | None = None
 
     def __post_init__(self) -> None:
-        if self.retriever not in ("dense", "bm25", "hybrid"):
-            raise ConfigError(f"Unknown retriever {self.retriever!r}: use 'dense', 'bm25' or 'hybrid'.")
-        if self.retriever != "bm25" and not self.embedder:
-            raise ConfigError(f"A {self.retriever} pipeline needs an embedder (a Hub id or a local folder).")
-        if self.retriever == "bm25":
-            object.__setattr__(self, "embedder", None)
-        if self.retriever == "hybrid":
+        kind = first_stage_kind(self.retriever)
+        what = {"embedder": "an embedder (a Hub id or a local folder)", "run_file": "a run_file (a TREC run file)"}
+        for option in kind.required:
+            if not getattr(self, option):
+                raise ConfigError(f"A {self.retriever} pipeline needs {what.get(option, option)}.")
+        if self.chunk_size is not None and not kind.passages:
+            raise ConfigError(
+                f"Passages (chunk_size) are for dense pipelines: a {self.retriever} first stage ranks whole "
+                "documents. Leave chunk_size out, or use retriever='dense'."
+            )
+        # Options the kind does not read go back to their defaults: they cannot make pipelines differ.
+        for option in ("embedder", "fusion_weights", "run_file"):
+            if option not in kind.options:
+                object.__setattr__(self, option, None if option != "fusion_weights" else HYBRID_WEIGHTS)
+        if "fusion_weights" in kind.options:
             from ragkit.hybrid import check_weights
 
             object.__setattr__(self, "fusion_weights", check_weights(self.fusion_weights))
-        else:
-            object.__setattr__(self, "fusion_weights", HYBRID_WEIGHTS)
+        if self.run_file is not None:
+            object.__setattr__(self, "run_file", str(self.run_file))
         k = self.k if self.k is not None else (DEFAULT_RERANK_K if self.reranker else FIRST_STAGE_DEPTH)
         top_n = self.top_n if self.top_n is not None else k
         if k < 1 or top_n < 1:
@@ -167,11 +176,6 @@ class Pipeline:
             from ragkit.retrievers import check_chunking
 
             check_chunking(self.chunk_size, self.chunk_overlap, self.chunk_unit)
-            if self.retriever != "dense":
-                raise ConfigError(
-                    f"Passages (chunk_size) are for dense pipelines: a {self.retriever} first stage ranks whole "
-                    "documents. Leave chunk_size out, or use retriever='dense'."
-                )
         elif self.chunk_unit not in CHUNK_UNITS:
             raise ConfigError(f"chunk_unit must be one of {', '.join(CHUNK_UNITS)}, got {self.chunk_unit!r}.")
         else:  # whole documents: the passage options mean nothing, so they cannot make pipelines differ
@@ -202,14 +206,9 @@ class Pipeline:
 
     @property
     def first_stage(self) -> str:
-        """Name of the first stage alone, e.g. ``dense(all-MiniLM-L6-v2)``, ``bm25`` or
-        ``hybrid(all-MiniLM-L6-v2+bm25)``."""
-        if self.retriever == "bm25":
-            return "bm25"
-        if self.retriever == "dense":
-            return f"dense({_short(self.embedder)}{self.passages})"
-        weights = "" if self.fusion_weights == HYBRID_WEIGHTS else ", weights={:g}:{:g}".format(*self.fusion_weights)
-        return f"hybrid({_short(self.embedder)}+bm25{weights})"
+        """Name of the first stage alone, e.g. ``dense(all-MiniLM-L6-v2)``, ``bm25``,
+        ``hybrid(all-MiniLM-L6-v2+bm25)`` or ``run(bm25.trec)``."""
+        return FIRST_STAGES[self.retriever].label(self)
 
     @property
     def name(self) -> str:
@@ -239,6 +238,7 @@ class Pipeline:
             chunk_overlap=self.chunk_overlap,
             chunk_unit=self.chunk_unit,
             passage_score=self.passage_score,
+            run_file=self.run_file,
         )
 
 
@@ -250,6 +250,7 @@ _LATER_DEFAULTS: dict[str, Any] = {
     "chunk_unit": "chars",
     "passage_score": "maxp",
     "max_length": None,
+    "run_file": None,
 }
 
 
@@ -269,10 +270,12 @@ def grid(
     chunk_unit: str = "chars",
     passage_score: str = "maxp",
     max_lengths: Sequence[int | None] = (None,),
+    runs: Sequence[str] = (),
 ) -> list[Pipeline]:
     """Every combination of first stage, reranker (``None`` = no reranking), k, top_n and
-    reranker precision. First stages: each embedder's dense retriever, BM25 with ``bm25``, and
-    with ``hybrid`` each embedder fused with BM25 (``fusion_weights``: dense, BM25). Dense first
+    reranker precision. First stages: each embedder's dense retriever, BM25 with ``bm25``,
+    with ``hybrid`` each embedder fused with BM25 (``fusion_weights``: dense, BM25), and each
+    TREC run file of ``runs`` (another system's rankings, ``ragkit.runfile``). Dense first
     stages come once per ``chunk_sizes`` entry (``None``: whole documents; the others split into
     passages with ``chunk_overlap``, ``chunk_unit`` and ``passage_score``), reranked ones once per
     cross-encoder ``max_lengths`` entry (``None``: the model's maximum).
@@ -292,13 +295,15 @@ def grid(
                     f"No reranked pipeline with k={k}: every top_n ({', '.join(map(str, top_ns))}) is more than "
                     f"the {k} candidates the reranker sees. Use top_n <= k, or a larger k."
                 )
-    stages = [("dense", e, c) for e in embedders for c in chunk_sizes] + ([("bm25", None, None)] if bm25 else [])
-    stages += [("hybrid", e, None) for e in embedders] if hybrid else []
+    passages = {"chunk_overlap": chunk_overlap, "chunk_unit": chunk_unit, "passage_score": passage_score}
+    stages: list[dict[str, Any]] = [{"retriever": "dense", "embedder": e, "chunk_size": c, **passages}
+                                    for e in embedders for c in chunk_sizes]  # fmt: skip
+    stages += [{"retriever": "bm25"}] if bm25 else []
+    if hybrid:
+        stages += [{"retriever": "hybrid", "embedder": e, "fusion_weights": fusion_weights} for e in embedders]
+    stages += [{"retriever": "run", "run_file": str(path)} for path in runs]
     out: list[Pipeline] = []
-    for retriever, embedder, chunk_size in stages:
-        first = {"retriever": retriever, "embedder": embedder, "fusion_weights": fusion_weights,
-                 "chunk_size": chunk_size, "chunk_overlap": chunk_overlap, "chunk_unit": chunk_unit,
-                 "passage_score": passage_score}  # fmt: skip
+    for first in stages:
         for reranker in rerankers:
             if reranker is None:
                 out.append(Pipeline(**first))
@@ -326,8 +331,9 @@ def skipped_combinations(ks: Sequence[int], top_ns: Sequence[int | None]) -> lis
 
 
 def _first_stage_key(p: Pipeline) -> tuple[Any, ...]:
-    chunking = (p.chunk_size, p.chunk_overlap, p.chunk_unit, p.passage_score) if p.chunk_size else None
-    return (p.retriever, p.embedder, p.fusion_weights if p.retriever == "hybrid" else None, chunking)
+    """What makes two pipelines' first stages the same: the kind and the options it reads
+    (options it does not read are at their defaults, see ``Pipeline.__post_init__``)."""
+    return (p.retriever, *(getattr(p, option) for option in FIRST_STAGES[p.retriever].options))
 
 
 def experiment(
@@ -424,8 +430,19 @@ def experiment(
         from ragkit.loaders import check_devices
 
         devices = check_devices(devices)
+    # What a first stage would refuse once the work has begun (a run file naming documents the
+    # collection does not hold) is refused now, before any index is built or model loaded.
+    for p in {_first_stage_key(p): p for p in pipelines}.values():
+        FIRST_STAGES[p.retriever].check_input(collection, p)
+    # So is a model that cannot load: a folder that is not a model, a Hub id offline and not cached.
+    from ragkit.loaders import hub_offline
+    from ragkit.models import check_model
+
+    models = {(p.embedder, "embedder") for p in pipelines if p.embedder}
+    for model, kind in sorted(models | {(p.reranker, "cross-encoder") for p in pipelines if p.reranker}):
+        check_model(model, kind, offline=hub_offline())
     client = None
-    if chroma_server is not None and any(p.retriever != "bm25" for p in pipelines):
+    if chroma_server is not None and any(p.embedder for p in pipelines):
         from ragkit.retrievers import connect_chroma
 
         client = connect_chroma(*chroma_server)
@@ -477,6 +494,8 @@ def _result_key(collection: BeirCollection, pipelines: list[Pipeline], settings:
         sorted(collection.queries.items()),
         sorted((q, sorted(d.items())) for q, d in collection.qrels.items()),
         [p.identity() for p in pipelines],
+        # What a first stage depends on beyond its options (a run file's content).
+        [FIRST_STAGES[p.retriever].content(p) for p in pipelines if FIRST_STAGES[p.retriever].content],
         asdict(settings),
         machine_state(settings.device),
         {m: model_state(m) for m in models},
@@ -503,19 +522,27 @@ def _run_experiment(
     from tqdm.auto import tqdm
 
     query_ids = sorted(collection.queries)
-    query_texts = [collection.queries[q] for q in query_ids]
     runs: dict[str, Run] = {}
     latency_rows: list[dict[str, Any]] = []
     latency_measured: dict[str, dict[str, Any]] = {}  # pipeline -> when its timings were taken, and if reused
-    stages: dict[tuple[Any, ...], Any] = {}
+    stages: dict[tuple[Any, ...], FirstStage] = {}
     candidates: dict[tuple[Any, ...], Hits] = {}
+
+    def stage_of(p: Pipeline) -> FirstStage:
+        """The first stage ``p`` names, built once per run (a hybrid's parts included)."""
+        key = _first_stage_key(p)
+        if key not in stages:
+            context = StageContext(settings.device, show_progress, client, devices, lambda **o: stage_of(Pipeline(**o)))
+            stages[key] = FIRST_STAGES[p.retriever].build(collection, p, context)
+        return stages[key]
+
     pair_cache = cache.pair_scores()
     try:
-        for key in dict.fromkeys(_first_stage_key(p) for p in pipelines):
-            depth = max(p.depth for p in pipelines if _first_stage_key(p) == key)
-            stage = _build_first_stage(collection, key, settings.device, show_progress, stages, client, devices)
-            stages[key] = stage
-            candidates[key] = _first_stage_run(stage, collection, query_texts, depth, cache=cache, reuse=reuse)
+        for p in {_first_stage_key(p): p for p in pipelines}.values():
+            key = _first_stage_key(p)
+            depth = max(q.depth for q in pipelines if _first_stage_key(q) == key)
+            candidates[key] = _first_stage_run(stage_of(p), p.first_stage, collection, query_ids, depth,
+                                               cache=cache, reuse=reuse)  # fmt: skip
 
         # A k sweep costs one scoring pass at its largest k: a smaller k's candidates are a
         # prefix of the larger one's, so scoring the deepest pipeline of each reranker first
@@ -569,9 +596,11 @@ def _run_experiment(
                     run = {q: ranked_run(c) for q, c in zip(query_ids, cands)}
             runs[p.name] = run
             if settings.latency_queries > 0:
-                rows, latency_measured[p.name] = _pipeline_latency(
+                rows, measured = _pipeline_latency(
                     p, stage, collection, query_ids[: settings.latency_queries], settings, cache=cache, reuse=reuse
                 )
+                if rows:  # a run file's first stage alone has nothing to time here
+                    latency_measured[p.name] = measured
                 latency_rows += rows
     finally:
         pair_cache.close()
@@ -598,7 +627,7 @@ def _run_experiment(
     meta["reused_result"] = False
     for name, cut in truncation.items():
         table.loc[name, "truncated_pairs"] = cut["share"]
-    timings = pd.DataFrame(latency_rows, columns=["pipeline", "query_id", *_STAGES])
+    timings = pd.DataFrame(latency_rows, columns=["pipeline", "query_id", *_steps(latency_rows)])
     return EvaluationResult(
         table=table, per_query=per_query, latency=_latency_table(latency_rows), runs=runs, meta=meta, timings=timings
     )
@@ -670,91 +699,30 @@ def pool(results: Sequence[EvaluationResult], *, n_resamples: int = N_RESAMPLES,
                             timings=timings)  # fmt: skip
 
 
-def _build_first_stage(
-    collection: BeirCollection,
-    key: tuple[Any, ...],
-    device: str,
-    show_progress: bool,
-    built: dict[tuple[Any, ...], Any],
-    client: Any = None,
-    devices: Sequence[str] | None = None,
-) -> Any:
-    """The first stage ``key`` names; a hybrid's dense and BM25 parts come from ``built`` when
-    the grid has them already (and are added to it). Dense indexes go on ``client`` if given."""
-    from ragkit.retrievers import BM25Retriever, build_chroma_index
-
-    retriever, embedder, weights, chunking = key
-    if retriever == "hybrid":
-        from ragkit.hybrid import HybridRetriever
-
-        parts = [("dense", embedder, None, None), ("bm25", None, None, None)]
-        for part in parts:
-            if part not in built:
-                built[part] = _build_first_stage(collection, part, device, show_progress, built, client, devices)
-        return HybridRetriever(built[parts[0]], built[parts[1]], weights=weights)
-    documents = collection.documents()
-    if retriever == "bm25":
-        return BM25Retriever.from_documents(documents)
-    passages = {}
-    if chunking is not None:
-        size, overlap, unit, score = chunking
-        passages = {"chunk_size": size, "chunk_overlap": overlap, "chunk_unit": unit,
-                    "first_passage_only": score == "firstp"}  # fmt: skip
-    return build_chroma_index(
-        documents,
-        embedder,
-        model_kwargs={"device": device},
-        client=client,
-        show_progress=show_progress,
-        devices=devices,
-        **passages,
-    )
-
-
-def _hits_problem(hits: Any, collection: BeirCollection, n_queries: int, depth: int, exact: bool) -> str | None:
-    """What is wrong with a stored first-stage run, or ``None``: it must hold one list per
-    query, each of (known doc id, finite score) pairs, best first, no longer than ``depth``
-    (for a dense index, exactly ``min(depth, documents)``, since vector search always fills it)."""
-    if not isinstance(hits, list) or len(hits) != n_queries:
-        return f"{len(hits) if isinstance(hits, list) else 'no'} hit lists for {n_queries} queries"
-    want = min(depth, len(collection.corpus))
-    for i, ranked in enumerate(hits):
-        if len(ranked) > depth or (exact and len(ranked) != want):
-            return f"query {i} has {len(ranked)} hits, expected {want if exact else f'at most {depth}'}"
-        scores = [s for _, s in ranked]
-        if any(not isinstance(s, (int, float)) or not math.isfinite(s) for s in scores):
-            return f"query {i} has a score that is not a number"
-        if scores != sorted(scores, reverse=True):
-            return f"query {i}'s hits are not in descending order"
-        ids = [d for d, _ in ranked]
-        if len(set(ids)) != len(ids) or not all(d in collection.corpus for d in ids):
-            return f"query {i} has unknown or repeated documents"
-    return None
-
-
-def _dense_search(stage: Any) -> list[str]:
-    """How a stage's dense index searches (``["exact"]`` or ``["hnsw"]``; nothing for BM25),
-    for the keys of what it finds and how fast: the same index can be searched either way
-    (see ``ChromaIndex.exact``)."""
-    dense = getattr(stage, "dense", stage)
-    exact = getattr(dense, "exact", None)
-    return [] if not isinstance(exact, bool) else ["exact" if exact else "hnsw"]
-
-
 def _first_stage_run(
-    stage: Any, collection: BeirCollection, queries: list[str], depth: int, *, cache: Cache, reuse: bool
+    stage: FirstStage,
+    name: str,
+    collection: BeirCollection,
+    query_ids: list[str],
+    depth: int,
+    *,
+    cache: Cache,
+    reuse: bool,
 ) -> Hits:
-    from ragkit.hybrid import HybridRetriever
-    from ragkit.retrievers import ChromaIndex
-
-    key = digest("runs", FORMATS["runs"], stage.fingerprint, queries, depth, *_dense_search(stage))
-    # A BM25 run can be shorter (only documents sharing a word); dense and hybrid runs are full.
-    exact = isinstance(stage, (ChromaIndex, HybridRetriever))
+    """The stage's hits for every query at ``depth``, from the cache when it holds them; a
+    fresh run is checked (``ragkit.stages.check_hits``) before anything is scored or cached."""
+    texts = [collection.queries[q] for q in query_ids]
+    # Queries by id and text: a run file ranks by id, the other stages by text.
+    key = digest("runs", FORMATS["runs"], stage.fingerprint, list(zip(query_ids, texts)), depth, *stage.search_mode)
+    n = len(query_ids)
     if reuse:
-        stored = cache.read("runs", key, check=lambda h: _hits_problem(h, collection, len(queries), depth, exact))
+        stored = cache.read(
+            "runs", key, check=lambda h: hits_problem(h, collection.corpus, n, depth, stage.fills_depth)
+        )
         if stored is not None:
             return [[(d, float(s)) for d, s in ranked] for ranked in stored]
-    hits = stage.search(queries, depth)
+    hits = stage.retrieve(list(zip(query_ids, texts)), depth)
+    check_hits(name, hits, collection.corpus, n, depth, stage.fills_depth)
     cache.write("runs", key, hits)
     return hits
 
@@ -965,7 +933,7 @@ def _pipeline_latency(
         FORMATS["latency"],
         {**p.identity(), "top_n": None},
         stage.fingerprint,
-        *_dense_search(stage),
+        *stage.search_mode,
         [(q, collection.queries[q]) for q in query_ids],
         machine_state(settings.device),
         settings.batch_size,
@@ -987,15 +955,19 @@ def _latency_problem(saved: Any, query_ids: list[str]) -> str | None:
     rows = saved["rows"]
     if [row["query_id"] for row in rows] != query_ids:
         return "it times other queries"
-    if any(not isinstance(row["total"], float) or not row["total"] >= 0 for row in rows):
+    steps = [v for row in rows for k, v in row.items() if k not in ("pipeline", "query_id")]
+    if any(not isinstance(v, float) or not v >= 0 for v in steps):
         return "a timing is not a duration"
     return None
 
 
 def _time_pipeline(
-    p: Pipeline, stage: Any, collection: BeirCollection, query_ids: list[str], settings: RunSettings
+    p: Pipeline, stage: FirstStage, collection: BeirCollection, query_ids: list[str], settings: RunSettings
 ) -> list[dict[str, Any]]:
-    """Serve queries one at a time, uncached, and time each stage, as a user's app would."""
+    """Serve queries one at a time, uncached, and time each step, as a user's app would: the
+    first stage's own steps (``FirstStage.timed_search``), the reranker's, and the total. A
+    first stage that cannot be timed here (a run file) leaves only the reranker's step, and
+    no total: what it cost its own system is not known."""
     model = _reranker(p, settings.device) if p.reranker else None
     split = _passage_splitter(p, stage, collection)
     rows = []
@@ -1003,25 +975,14 @@ def _time_pipeline(
         text = collection.queries[q]
         row: dict[str, Any] = {"pipeline": p.name, "query_id": q}
         t0 = time.perf_counter()
-        if p.retriever == "dense":
-            vectors = stage.embed_queries([text])
-            t1 = time.perf_counter()
-            hits = stage.search_by_vector(vectors, p.k)[0]
-            row["embed query"], row["vector search"] = t1 - t0, time.perf_counter() - t1
-        elif p.retriever == "hybrid":
-            depth = max(p.k, stage.depth)  # each ranking is read to the fusion depth
-            vectors = stage.dense.embed_queries([text])
-            t1 = time.perf_counter()
-            dense = stage.dense.search_by_vector(vectors, depth)
-            t2 = time.perf_counter()
-            bm25 = stage.bm25.search([text], depth)
-            t3 = time.perf_counter()
-            hits = stage.fuse(dense, bm25, p.k)[0]
-            row["embed query"], row["vector search"] = t1 - t0, t2 - t1
-            row["bm25 search"], row["fusion"] = t3 - t2, time.perf_counter() - t3
+        timed = stage.timed_search(text, p.k)
+        if timed is None:
+            if model is None:
+                return []  # nothing of this pipeline runs here
+            hits = stage.retrieve([(q, text)], p.k)[0]
         else:
-            hits = stage.search([text], p.k)[0]
-            row["bm25 search"] = time.perf_counter() - t0
+            hits, steps = timed
+            row.update(steps)
         splitting = 0.0
         if model is not None:
             # A RAG system stores its passages: splitting them here is left out of the timings.
@@ -1031,13 +992,36 @@ def _time_pipeline(
             splitting = t5 - t4
             score_pairs(model, [(text, t) for t in texts], batch_size=settings.batch_size, max_length=p.max_length)
             row["rerank"] = time.perf_counter() - t5
-        row["total"] = time.perf_counter() - t0 - splitting
+        if timed is not None:
+            row["total"] = time.perf_counter() - t0 - splitting
         rows.append(row)
     return rows
 
 
-# In the order a query meets them.
-_STAGES = ("embed query", "vector search", "bm25 search", "fusion", "rerank", "total")
+def _steps(rows: list[dict[str, Any]]) -> list[str]:
+    """The steps timed, in the order a query meets them: the first stages' own steps (each
+    row in the order its stage's ``timed_search`` listed them, merged across stages), then the
+    reranker's, then the total.
+
+    Example:
+        >>> _steps([{"bm25 search": 1.0, "total": 1.0},
+        ...         {"embed query": 1.0, "vector search": 1.0, "bm25 search": 1.0, "fusion": 1.0}])
+        ['embed query', 'vector search', 'bm25 search', 'fusion', 'total']
+    """
+    merged: list[str] = []
+    for row in rows:
+        at = 0
+        for step in row:
+            if step in ("pipeline", "query_id", "rerank", "total"):
+                continue
+            if step in merged:
+                at = merged.index(step) + 1
+            else:
+                merged.insert(at, step)
+                at += 1
+    return [*merged, *(last for last in ("rerank", "total") if any(last in row for row in rows))]
+
+
 _LATENCY_COLUMNS = ["pipeline", "stage", "p50_ms", "p50_ci_low", "p50_ci_high", "p95_ms", "p95_ci_low", "p95_ci_high",
                     "queries"]  # fmt: skip
 
@@ -1049,7 +1033,7 @@ def _latency_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
         return pd.DataFrame(columns=_LATENCY_COLUMNS)
     # One pipeline's stages stay together, in the order a query passes through them.
     df = pd.DataFrame(rows)
-    stages = [c for c in _STAGES if c in df]
+    stages = _steps(rows)
     df = df.melt(id_vars=["pipeline", "query_id"], value_vars=stages, var_name="stage", value_name="seconds").dropna()
     df["order"] = df["pipeline"].map({n: i for i, n in enumerate(dict.fromkeys(r["pipeline"] for r in rows))})
     df["stage_order"] = df["stage"].map({s: i for i, s in enumerate(stages)})
@@ -1067,7 +1051,7 @@ def _latency_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _meta(collection: BeirCollection, pipelines: list[Pipeline], settings: RunSettings) -> dict[str, Any]:
-    from ragkit.models import model_revision
+    from ragkit.models import CATALOGUE, model_revision
 
     models = sorted({m for p in pipelines for m in (p.embedder, p.reranker) if m})
     return {
@@ -1086,6 +1070,8 @@ def _meta(collection: BeirCollection, pipelines: list[Pipeline], settings: RunSe
         "engine": settings.engine,
         "batch_size": settings.batch_size,
         "model_revisions": {m: model_revision(m) for m in models},
+        # Models ragkit's catalogue does not know: no query instruction, their own maximum length.
+        "uncatalogued_models": [m for m in models if m not in CATALOGUE],
         "versions": versions(),
         "date": now(),
     }

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,8 +39,9 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
 from ragkit.errors import ConfigError
-from ragkit.retrievers import BM25Retriever, ChromaIndex, Hits, _check_k
+from ragkit.retrievers import BM25Retriever, ChromaIndex, _check_k
 from ragkit.settings import DEFAULT_RERANK_K, FUSION_DEPTH, HYBRID_WEIGHTS, RRF_C
+from ragkit.stages import Hits, Query, Ranked, StageContext
 
 
 def check_weights(weights: Sequence[float]) -> tuple[float, float]:
@@ -156,6 +158,32 @@ class HybridRetriever:
         depth = self._depth(k)
         return self.fuse(self.dense.search(queries, depth), self.bm25.search(queries, depth), k)
 
+    # The first-stage protocol (ragkit.stages.FirstStage).
+    fills_depth = True  # the dense ranking alone fills the depth
+
+    @property
+    def search_mode(self) -> tuple[str, ...]:
+        return self.dense.search_mode
+
+    def retrieve(self, queries: Sequence[Query], k: int) -> Hits:
+        """:meth:`search` for ``(query id, text)`` pairs."""
+        return self.search([text for _, text in queries], k)
+
+    def timed_search(self, query: str, k: int) -> tuple[Ranked, dict[str, float]]:
+        """One query: embedded, searched by vector and by BM25 (each to the fusion depth), fused;
+        each step timed in seconds."""
+        depth = self._depth(k)
+        t0 = time.perf_counter()
+        vectors = self.dense.embed_queries([query])
+        t1 = time.perf_counter()
+        dense = self.dense.search_by_vector(vectors, depth)
+        t2 = time.perf_counter()
+        bm25 = self.bm25.search([query], depth)
+        t3 = time.perf_counter()
+        hits = self.fuse(dense, bm25, k)[0]
+        steps = {"embed query": t1 - t0, "vector search": t2 - t1, "bm25 search": t3 - t2}
+        return hits, {**steps, "fusion": time.perf_counter() - t3}
+
     def as_retriever(self, k: int = DEFAULT_RERANK_K) -> FusedRetriever:
         """LangChain's ``EnsembleRetriever`` over ``dense.as_retriever`` and ``bm25.as_retriever``
         (documents told apart by ``metadata["doc_id"]``), cut to the ``k`` best."""
@@ -170,3 +198,10 @@ class HybridRetriever:
             id_key="doc_id",
         )
         return FusedRetriever(ensemble=ensemble, k=k)
+
+
+def build_hybrid_stage(collection: Any, pipeline: Any, context: StageContext) -> HybridRetriever:
+    """The hybrid first stage a pipeline names: its embedder's dense stage and the BM25 stage,
+    each the grid's own when it has them, fused with its weights (ragkit.stages builder)."""
+    dense = context.part(retriever="dense", embedder=pipeline.embedder)
+    return HybridRetriever(dense, context.part(retriever="bm25"), weights=pipeline.fusion_weights)

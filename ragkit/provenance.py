@@ -17,6 +17,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,12 @@ def machine_state(device: str) -> tuple[Any, ...]:
 
 
 def _ragkit_imports(source: str) -> set[str]:
-    """The ragkit modules a module's source imports, at module level or inside functions."""
+    """The ragkit modules a module's source imports, at module level or inside functions, or
+    names for a lazy import (``"ragkit.runfile:build_run_stage"``, as ``ragkit.registry`` does)."""
     found = set()
     for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found |= set(re.findall(r"^ragkit\.(\w+):\w+$", node.value))
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ragkit."):
             found.add(node.module.split(".")[1])
         elif isinstance(node, ast.ImportFrom) and node.module == "ragkit":

@@ -499,6 +499,14 @@ class EvaluationResult:
             f"- queries: {meta['n_queries']}, documents: {meta['n_docs']}",
             f"- baseline: `{meta['baseline']}`; device: {meta['device']} ({meta['device_name']}); date: {meta['date']}",
             "- models: " + ", ".join(f"`{m}` (revision `{r}`)" for m, r in meta["model_revisions"].items()),
+            *(
+                [
+                    f"- not in ragkit's model catalogue (no query instruction added; maximum length from the model's "
+                    f"own configuration): {', '.join(f'`{m}`' for m in meta['uncatalogued_models'])}"
+                ]
+                if meta.get("uncatalogued_models")
+                else []
+            ),
             "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
             "",
         ]

@@ -36,11 +36,12 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -64,10 +65,10 @@ from ragkit.settings import (
     INDEX_BATCH_SIZE,
     cache_dir,
 )
+from ragkit.stages import Hits, Query, Ranked, StageContext
 
 log = logging.getLogger("ragkit")
 
-Hits = list[list[tuple[str, float]]]  # per query: (doc_id, score), best first
 
 # Chroma's search is approximate (HNSW). Its default breadth, ef_search=100, equals the depth a
 # first stage asks for (100), and on SciFact built in batches it misses 0.4% of the exact top 10,
@@ -542,6 +543,27 @@ class ChromaIndex:
         """
         _check_k(k)
         return self.search_by_vector(self.embed_queries(queries), k, exact=exact)
+
+    # The first-stage protocol (ragkit.stages.FirstStage).
+    fills_depth = True  # vector search always returns min(k, documents) documents
+
+    @property
+    def search_mode(self) -> tuple[str, ...]:
+        """``("exact",)`` or ``("hnsw",)``: the same index can be searched either way (see
+        :attr:`exact`), and HNSW may miss a neighbour exact search finds."""
+        return ("exact",) if self.exact else ("hnsw",)
+
+    def retrieve(self, queries: Sequence[Query], k: int) -> Hits:
+        """:meth:`search` for ``(query id, text)`` pairs."""
+        return self.search([text for _, text in queries], k)
+
+    def timed_search(self, query: str, k: int) -> tuple[Ranked, dict[str, float]]:
+        """One query: embedded, then searched, each step timed in seconds."""
+        t0 = time.perf_counter()
+        vectors = self.embed_queries([query])
+        t1 = time.perf_counter()
+        hits = self.search_by_vector(vectors, k)[0]
+        return hits, {"embed query": t1 - t0, "vector search": time.perf_counter() - t1}
 
     def _stored_vectors(self) -> tuple[np.ndarray, list[str]]:
         """Every stored vector, normalised (cosine similarity is then a dot product), and the
@@ -1758,6 +1780,23 @@ class BM25Retriever(BaseRetriever):
         _check_k(k)
         return self.index.search(list(queries), k)
 
+    # The first-stage protocol (ragkit.stages.FirstStage).
+    fills_depth: ClassVar[bool] = False  # only documents sharing a word with the query are found
+
+    @property
+    def search_mode(self) -> tuple[str, ...]:
+        return ()
+
+    def retrieve(self, queries: Sequence[Query], k: int) -> Hits:
+        """:meth:`search` for ``(query id, text)`` pairs."""
+        return self.search([text for _, text in queries], k)
+
+    def timed_search(self, query: str, k: int) -> tuple[Ranked, dict[str, float]]:
+        """One query searched, timed in seconds."""
+        t0 = time.perf_counter()
+        hits = self.search([query], k)[0]
+        return hits, {"bm25 search": time.perf_counter() - t0}
+
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
         return [
             Document(
@@ -1767,3 +1806,30 @@ class BM25Retriever(BaseRetriever):
             )
             for doc_id, score in self.index.search([query], self.k)[0]
         ]
+
+
+def build_dense_stage(collection: Any, pipeline: Any, context: StageContext) -> ChromaIndex:
+    """The dense first stage a pipeline names (its embedder, and its passages when it has a
+    ``chunk_size``): the collection's Chroma index, built or reopened (ragkit.stages builder)."""
+    passages: dict[str, Any] = {}
+    if pipeline.chunk_size is not None:
+        passages = {
+            "chunk_size": pipeline.chunk_size,
+            "chunk_overlap": pipeline.chunk_overlap,
+            "chunk_unit": pipeline.chunk_unit,
+            "first_passage_only": pipeline.passage_score == "firstp",
+        }
+    return build_chroma_index(
+        collection.documents(),
+        pipeline.embedder,
+        model_kwargs={"device": context.device},
+        client=context.client,
+        show_progress=context.show_progress,
+        devices=context.devices,
+        **passages,
+    )
+
+
+def build_bm25_stage(collection: Any, pipeline: Any, context: StageContext) -> BM25Retriever:
+    """The BM25 first stage over the collection's whole documents (ragkit.stages builder)."""
+    return BM25Retriever.from_documents(collection.documents())

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import ragkit.evaluate as evaluate
+import ragkit.retrievers as retrievers
 from ragkit import load_beir
 from ragkit.cli import main
 from ragkit.errors import RagkitError
@@ -124,8 +125,8 @@ def test_an_unchanged_experiment_is_reused_whole_and_anything_changed_recomputes
     demo, tiny_embedder_path, tiny_cross_encoder_path, cache, monkeypatch, scored_pairs
 ):
     built: list[object] = []
-    real_build = evaluate._build_first_stage
-    monkeypatch.setattr(evaluate, "_build_first_stage", lambda *a: built.append(a) or real_build(*a))
+    real_build = retrievers.build_dense_stage
+    monkeypatch.setattr(retrievers, "build_dense_stage", lambda *a: built.append(a) or real_build(*a))
     pipelines = [
         Pipeline(embedder=tiny_embedder_path),
         Pipeline(embedder=tiny_embedder_path, reranker=tiny_cross_encoder_path, k=5),

@@ -99,12 +99,11 @@ def test_the_default_follows_the_index_size(index, monkeypatch):
 
 
 def test_runs_are_keyed_by_how_the_dense_index_searches(index, monkeypatch):
-    from ragkit.evaluate import _dense_search
     from ragkit.hybrid import HybridRetriever
     from ragkit.retrievers import BM25Retriever
 
     bm25 = BM25Retriever.from_documents(make_docs(50))
-    assert _dense_search(index) == ["exact"] and _dense_search(bm25) == []
-    assert _dense_search(HybridRetriever(index, bm25)) == ["exact"]
+    assert index.search_mode == ("exact",) and bm25.search_mode == ()
+    assert HybridRetriever(index, bm25).search_mode == ("exact",)
     monkeypatch.setattr(retrievers, "EXACT_SEARCH_MAX_VECTORS", 0)
-    assert _dense_search(index) == ["hnsw"]
+    assert index.search_mode == ("hnsw",)

@@ -47,3 +47,8 @@ def test_presentation_code_is_not_in_the_key(tmp_path):
         path = copy / f"{name}.py"
         path.write_text(path.read_text() + "\n# a comment\n")
     assert code_state(copy) == before  # a plot's colour never invalidates a stored result
+
+
+def test_the_stage_registry_brings_every_first_stage_module_into_the_digest():
+    modules = computing_modules()
+    assert {"stages", "registry", "retrievers", "hybrid", "runfile", "bm25"} <= set(modules)

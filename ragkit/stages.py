@@ -1,0 +1,181 @@
+"""What a first stage is to ragkit: the protocol every retriever the engine evaluates follows,
+and the registry of the kinds a :class:`ragkit.Pipeline` can name.
+
+A first stage turns queries into a run: for each query, documents best first, each with a
+finite score, the scores never increasing (``ragkit.measures.ranked_run`` then separates
+ties by rank, so every scorer reads the order decided). It says what identifies its rankings
+(``fingerprint``, which its cache keys are made of), serves one query at a time with the
+seconds each step took (the latency a user's application would see; ``None`` for a stage
+that did its work elsewhere, such as a run file), and can be viewed as a LangChain retriever.
+
+The engine (``ragkit.evaluate``) knows first stages only through this protocol and the
+registry of kinds (``ragkit.registry``): adding a kind of first stage is one module with a
+builder and one line there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from ragkit.errors import RagkitError
+
+Ranked = list[tuple[str, float]]  # one query's (doc_id, score), best first
+Hits = list[Ranked]  # per query, in the order the queries were given
+Query = tuple[str, str]  # (query id, query text)
+
+
+@runtime_checkable
+class FirstStage(Protocol):
+    """A retriever as the engine evaluates it.
+
+    Attributes:
+        fingerprint: what identifies the stage's rankings (its index, model, options, or its
+            file's content); cached runs and timings are keyed by it.
+        fills_depth: whether every query gets ``min(k, documents)`` hits (vector search
+            always fills its depth; BM25 and a run file may return fewer).
+        search_mode: how the stage searches when that can change its rankings without
+            changing its fingerprint (``("exact",)`` or ``("hnsw",)`` for a dense index;
+            ``()`` otherwise); part of the same keys.
+    """
+
+    fingerprint: str
+    fills_depth: bool
+
+    @property
+    def search_mode(self) -> tuple[str, ...]: ...
+
+    def retrieve(self, queries: Sequence[Query], k: int) -> Hits:
+        """The ``k`` best documents of each query, as ``(doc_id, score)``, best first."""
+        ...
+
+    def timed_search(self, query: str, k: int) -> tuple[Ranked, dict[str, float]] | None:
+        """One query served as an application would: its ranking and the seconds of each step
+        (e.g. ``{"embed query": ..., "vector search": ...}``), in the order a query meets them;
+        ``None`` when the stage cannot be timed here (its rankings were computed elsewhere)."""
+        ...
+
+    def as_retriever(self, k: int) -> Any:
+        """The stage as a LangChain ``BaseRetriever`` returning ``k`` documents, each with
+        ``metadata["doc_id"]``."""
+        ...
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a builder may use: the device and progress settings of the run, the Chroma server
+    (``client``) and worker devices the caller chose, and ``part(**options)``, which returns the
+    first stage those pipeline options name, built once per run (a hybrid's dense and BM25
+    parts are the grid's own dense and BM25 stages when it has them)."""
+
+    device: str
+    show_progress: bool
+    client: Any
+    devices: Sequence[str] | None
+    part: Callable[..., FirstStage]
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """One kind of first stage a pipeline can name (``Pipeline(retriever=<name>)``).
+
+    Attributes:
+        name: the name pipelines use.
+        builder: ``"module:function"``, imported only when a stage of the kind is built; the
+            function takes ``(collection, pipeline, context)`` and returns a :class:`FirstStage`.
+        options: the pipeline fields the kind reads; the others are reset to their defaults,
+            so that they cannot make two pipelines differ.
+        required: those of ``options`` that must be given.
+        label: the first stage's name in tables, from the pipeline.
+        passages: whether the kind indexes passages (``chunk_size``).
+        check: ``"module:function"`` taking ``(collection, pipeline)``, called before any work
+            of an evaluation; it raises on input the stage cannot use.
+        content: what the stage's results depend on that its options do not say (a file's
+            sha256), for the result cache's key; from the pipeline, cheaply.
+    """
+
+    name: str
+    builder: str
+    options: tuple[str, ...]
+    required: tuple[str, ...]
+    label: Callable[[Any], str]
+    passages: bool = False
+    check: str | None = None
+    content: Callable[[Any], Any] | None = None
+
+    def build(self, collection: Any, pipeline: Any, context: StageContext) -> FirstStage:
+        """The first stage ``pipeline`` names, on ``collection``."""
+        return _resolve(self.builder)(collection, pipeline, context)
+
+    def check_input(self, collection: Any, pipeline: Any) -> None:
+        """Raise now, before any work, on what the stage would refuse later."""
+        if self.check is not None:
+            _resolve(self.check)(collection, pipeline)
+
+
+def _resolve(reference: str) -> Callable[..., Any]:
+    module, _, function = reference.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def short_name(model_id: str) -> str:
+    """A model id without its organisation, for names (``all-MiniLM-L6-v2``)."""
+    return model_id.rstrip("/").split("/")[-1]
+
+
+def hits_problem(hits: Any, corpus: Mapping[str, Any], n_queries: int, depth: int, fills: bool) -> str | None:
+    """What is wrong with a first stage's hits for ``n_queries`` queries at ``depth``, or
+    ``None``: one list per query, each of (known doc id, finite score) pairs, best first, none
+    repeated, no longer than ``depth`` (exactly ``min(depth, documents)`` when the stage
+    ``fills`` its depth).
+
+    Example:
+        >>> hits_problem([[("a", 1.0), ("b", 2.0)]], {"a": 0, "b": 0}, 1, 10, False)
+        "query 0's hits are not in descending order"
+    """
+    if not isinstance(hits, list) or len(hits) != n_queries:
+        return f"{len(hits) if isinstance(hits, list) else 'no'} hit lists for {n_queries} queries"
+    want = min(depth, len(corpus))
+    for i, ranked in enumerate(hits):
+        if len(ranked) > depth or (fills and len(ranked) != want):
+            return f"query {i} has {len(ranked)} hits, expected {want if fills else f'at most {depth}'}"
+        scores = [s for _, s in ranked]
+        if any(isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) for s in scores):
+            return f"query {i} has a score that is not a finite number"
+        if scores != sorted(scores, reverse=True):
+            return f"query {i}'s hits are not in descending order"
+        ids = [d for d, _ in ranked]
+        if len(set(ids)) != len(ids):
+            return f"query {i} has a document twice"
+        unknown = [d for d in ids if d not in corpus]
+        if unknown:
+            return f"query {i} has {len(unknown)} documents the collection does not hold (e.g. {unknown[0]!r})"
+    return None
+
+
+def check_hits(stage: str, hits: Any, corpus: Mapping[str, Any], n_queries: int, depth: int, fills: bool) -> Hits:
+    """``hits`` if :func:`hits_problem` finds nothing wrong, else a :class:`RagkitError`
+    naming the first stage: an evaluation never scores a run its stage got wrong."""
+    problem = hits_problem(hits, corpus, n_queries, depth, fills)
+    if problem is not None:
+        raise RagkitError(
+            f"First stage {stage} returned a run ragkit cannot evaluate: {problem}. A first stage must return, for "
+            "every query, known document ids with finite scores, best first (see ragkit.stages.FirstStage)."
+        )
+    return hits
+
+
+__all__ = [
+    "FirstStage",
+    "Hits",
+    "Query",
+    "Ranked",
+    "StageContext",
+    "StageKind",
+    "check_hits",
+    "hits_problem",
+    "short_name",
+]
