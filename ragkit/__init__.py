@@ -50,6 +50,9 @@ _EXPORTS = {
     "ChromaIndex": "retrievers",
     "build_chroma_index": "retrievers",
     "HybridRetriever": "hybrid",
+    "FirstStage": "stages",
+    "RunFileStage": "runfile",
+    "read_run": "runfile",
     "ScoredCrossEncoderReranker": "rerank",
     "rerank": "rerank",
     "reranking_retriever": "rerank",
@@ -77,6 +80,7 @@ __all__ = [
     "EmbeddingsFunction",
     "EvaluationResult",
     "Experiment",
+    "FirstStage",
     "HuggingFaceEmbeddingsLoader",
     "HuggingFaceRerankerLoader",
     "HybridRetriever",
@@ -84,6 +88,7 @@ __all__ = [
     "ModelNotFoundError",
     "Pipeline",
     "RagkitError",
+    "RunFileStage",
     "RunSettings",
     "ScoredCrossEncoderReranker",
     "available_models",
@@ -97,6 +102,7 @@ __all__ = [
     "make_subset",
     "sample_queries",
     "model_revision",
+    "read_run",
     "rerank",
     "reranking_retriever",
     "score_pairs",
@@ -143,4 +149,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
     from ragkit.rerank import ScoredCrossEncoderReranker, rerank, reranking_retriever, score_pairs
     from ragkit.results import EvaluationResult, Experiment
     from ragkit.retrievers import BM25Retriever, ChromaIndex, build_chroma_index
+    from ragkit.runfile import RunFileStage, read_run
     from ragkit.settings import RunSettings
+    from ragkit.stages import FirstStage
