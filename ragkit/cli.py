@@ -18,6 +18,14 @@ from collections.abc import Sequence
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.settings import DEFAULT_DEVICE, DEFAULT_EMBEDDER, DEFAULT_EVAL_QUERIES, DEFAULT_RERANKER, HYBRID_WEIGHTS
 
+# What `ragkit --help` says: for the user of the command, not for the reader of this module.
+USAGE = (
+    "Measure whether a cross-encoder reranker is worth its latency on top of a LangChain + Chroma "
+    "retriever: `ragkit eval` evaluates retrieval pipelines on BEIR collections and writes a report, "
+    "`ragkit cache` shows, verifies or clears what ragkit cached, `ragkit smoke` checks that the "
+    "default models load. `ragkit eval --help` lists the options."
+)
+
 # Seconds to wait for a Chroma server to accept a connection before calling it unreachable.
 CHROMA_PROBE_TIMEOUT_S = 3.0
 
@@ -315,6 +323,7 @@ def cache_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ragkit import __version__
     from ragkit.cache import STORES
     from ragkit.settings import (
         CHUNK_OVERLAP,
@@ -327,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         RERANK_DTYPES,
     )
 
-    parser = argparse.ArgumentParser(prog="ragkit", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="ragkit", description=USAGE)
+    parser.add_argument("--version", action="version", version=f"ragkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{eval,cache,smoke}")
     e = sub.add_parser(
         "eval",
         help="compare retrievers with and without reranking on a BEIR collection",
@@ -341,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=["scifact"],
         help="BEIR names (scifact, nfcorpus, ...), 'demo', or folders; several are evaluated one by one and pooled",
     )
-    e.add_argument("--split", default="test")
+    e.add_argument(
+        "--split", default="test", help="the split whose queries and judgements are evaluated (default: test)"
+    )
     e.add_argument(
         "--queries",
         type=int,
@@ -378,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["none", DEFAULT_RERANKER],
         metavar="MODEL",
-        help="cross-encoders; 'none' adds the first stage alone (default: none and %(default)s)",
+        help=f"cross-encoders; 'none' adds the first stage alone (default: none {DEFAULT_RERANKER})",
     )
     e.add_argument("--bm25", action="store_true", help="add BM25 as a first stage too")
     e.add_argument(
@@ -394,7 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("DENSE", "BM25"),
         help="the hybrid's weights, both positive (default: equal)",
     )
-    e.add_argument("--k", nargs="+", type=int, default=[DEFAULT_RERANK_K], help="candidates the reranker sees")
+    e.add_argument(
+        "--k",
+        nargs="+",
+        type=int,
+        default=[DEFAULT_RERANK_K],
+        help=f"candidates the reranker sees (default: {DEFAULT_RERANK_K})",
+    )
     e.add_argument("--top-n", nargs="+", type=int, default=None, help="reranked documents kept (default: k)")
     e.add_argument(
         "--truncate",
@@ -411,7 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="cross-encoder weight precision(s), each a pipeline: float32 (default), bfloat16 (faster on "
         "GPUs and on CPUs with bf16 support, slower on others), float16 (GPUs)",
     )
-    e.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES), help="ir-measures names")
+    e.add_argument(
+        "--measures",
+        nargs="+",
+        default=list(DEFAULT_MEASURES),
+        help=f"ir-measures names (default: {' '.join(DEFAULT_MEASURES)})",
+    )
     e.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu, cuda, cuda:N, mps")
     e.add_argument(
         "--devices",
