@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 endif
 endif
 
-.PHONY: setup models run smoke lint test test-slow reproduce clean
+.PHONY: setup models run smoke lab lint test test-slow reproduce clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ run: models
 
 smoke: models
 	$(PY) -m ragkit smoke
+
+# The notebooks in JupyterLab, with this environment's Python (where ragkit is installed) and
+# the same data and model settings as `make run`.
+lab: models
+	$(PY) -m jupyter lab notebooks/
 
 # Ruff's lint and format check (code and notebooks), first: it takes a second.
 lint: setup

@@ -112,6 +112,11 @@ def _check_chroma_server(host: str, port: int) -> None:
         ) from None
 
 
+def _note(text: str) -> None:
+    """A remark about the options, on standard error: standard output holds only the results."""
+    print(f"note: {text}", file=sys.stderr)
+
+
 def _check_run_file(path: str) -> None:
     """That ``--run`` names a readable file; its lines and ids are checked once the collection
     is loaded, before any work (``ragkit.runfile.check_run_stage``)."""
@@ -238,14 +243,14 @@ def evaluate(args: argparse.Namespace) -> int:
         for name in names:  # each collection's own report goes in a folder of its name
             check_writable(output / name, REPORT_LAYOUT)
     for k, top_n in skipped:
-        print(f"note: k={k} with top_n={top_n} is left out: a reranker cannot return more than its k candidates.")
+        _note(f"k={k} with top_n={top_n} is left out: a reranker cannot return more than its k candidates.")
     evaluated = []
     for collection in collections:
         n_queries = args.subset or (DEFAULT_EVAL_QUERIES if args.queries is None else args.queries)
         if n_queries >= len(collection.queries):
             if n_queries:
-                option = "--subset" if args.subset else "--queries"
-                print(f"note: {option} {n_queries} is at least the {len(collection.queries)} queries "
+                option = "--subset" if args.subset else "--queries" if args.queries is not None else "the default"
+                _note(f"{option} {n_queries} is at least the {len(collection.queries)} queries "
                       f"{collection.name} ({collection.split}) has, so every query is evaluated.")  # fmt: skip
         elif args.subset:
             collection = make_subset(collection, n_queries, seed=args.seed)

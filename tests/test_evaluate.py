@@ -342,9 +342,12 @@ def test_cli_eval_writes_the_report_and_prints_the_table(
             str(out),
         ]
     )
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert code == 0
-    assert "(baseline)" in printed and "nDCG@10" in printed
+    assert "(baseline)" in printed and "nDCG@10" in printed and "note:" not in printed
+    # No --queries was given: the note speaks of the default, not of an option the user never passed.
+    assert "note: the default 50 is at least the 8 queries demo (test) has" in captured.err
     assert (out / "summary.md").is_file() and len(list((out / "runs").glob("*.trec"))) == 2
 
 
@@ -431,9 +434,9 @@ def test_cli_runs_the_whole_split_when_the_subset_is_at_least_its_size(tiny_embe
             str(tmp_path / "out"),
         ]
     )
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
     assert code == 0
-    assert "--subset 500 is at least the 8 queries demo (test) has, so every query is evaluated" in printed
+    assert "--subset 500 is at least the 8 queries demo (test) has, so every query is evaluated" in captured.err
     assert json.loads((tmp_path / "out" / "results.json").read_text())["meta"]["n_queries"] == 8
 
 
@@ -462,10 +465,10 @@ def test_cli_says_which_k_and_top_n_combinations_it_leaves_out(
             str(tmp_path / "out"),
         ]
     )
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
     assert code == 0
-    assert "k=6 with top_n=10 is left out" in printed
-    assert "(k=6, top_n=5)" in printed
+    assert "note: k=6 with top_n=10 is left out" in captured.err and "left out" not in captured.out
+    assert "(k=6, top_n=5)" in captured.out
 
 
 def test_cli_samples_queries_over_the_whole_corpus_by_default(tiny_embedder_path, cache, tmp_path, capsys):
