@@ -65,9 +65,8 @@ def smoke(embedder: str, reranker: str, device: str) -> int:
 
 def _check_model(name: str, kind: str) -> str:
     from ragkit.models import check_model
-    from ragkit.settings import env_flag
 
-    check_model(name, kind, offline=env_flag("HF_HUB_OFFLINE"))  # type: ignore[arg-type]
+    check_model(name, kind)  # type: ignore[arg-type]
     return name
 
 
@@ -259,8 +258,9 @@ def evaluate(args: argparse.Namespace) -> int:
         evaluated.append(collection)
     from ragkit.registry import FIRST_STAGES
 
+    first_stages = dict.fromkeys(p.own_first_stage() for p in pipelines)
     for collection in evaluated:  # every collection's run files checked before the first one's work
-        for p in pipelines:
+        for p in first_stages:
             FIRST_STAGES[p.retriever].check_input(collection, p)
     results = []
     for collection in evaluated:

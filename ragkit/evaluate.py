@@ -435,12 +435,11 @@ def experiment(
     for p in {_first_stage_key(p): p for p in pipelines}.values():
         FIRST_STAGES[p.retriever].check_input(collection, p)
     # So is a model that cannot load: a folder that is not a model, a Hub id offline and not cached.
-    from ragkit.loaders import hub_offline
     from ragkit.models import check_model
 
     models = {(p.embedder, "embedder") for p in pipelines if p.embedder}
     for model, kind in sorted(models | {(p.reranker, "cross-encoder") for p in pipelines if p.reranker}):
-        check_model(model, kind, offline=hub_offline())
+        check_model(model, kind)
     client = None
     if chroma_server is not None and any(p.embedder for p in pipelines):
         from ragkit.retrievers import connect_chroma
@@ -486,6 +485,7 @@ def _result_key(collection: BeirCollection, pipelines: list[Pipeline], settings:
     from ragkit.retrievers import HNSW
 
     models = sorted({m for p in pipelines for m in (p.embedder, p.reranker) if m})
+    first_stages = dict.fromkeys(p.own_first_stage() for p in pipelines)
     return digest(
         "results",
         collection.name,  # the report names it: a copy under another name is another result
@@ -495,7 +495,7 @@ def _result_key(collection: BeirCollection, pipelines: list[Pipeline], settings:
         sorted((q, sorted(d.items())) for q, d in collection.qrels.items()),
         [p.identity() for p in pipelines],
         # What a first stage depends on beyond its options (a run file's content).
-        [FIRST_STAGES[p.retriever].content(p) for p in pipelines if FIRST_STAGES[p.retriever].content],
+        [FIRST_STAGES[p.retriever].content(p) for p in first_stages if FIRST_STAGES[p.retriever].content],
         asdict(settings),
         machine_state(settings.device),
         {m: model_state(m) for m in models},
@@ -538,8 +538,7 @@ def _run_experiment(
 
     pair_cache = cache.pair_scores()
     try:
-        for p in {_first_stage_key(p): p for p in pipelines}.values():
-            key = _first_stage_key(p)
+        for key, p in {_first_stage_key(p): p for p in pipelines}.items():
             depth = max(q.depth for q in pipelines if _first_stage_key(q) == key)
             candidates[key] = _first_stage_run(stage_of(p), p.first_stage, collection, query_ids, depth,
                                                cache=cache, reuse=reuse)  # fmt: skip

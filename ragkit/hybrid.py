@@ -41,7 +41,7 @@ from pydantic import ConfigDict
 from ragkit.errors import ConfigError
 from ragkit.retrievers import BM25Retriever, ChromaIndex, _check_k
 from ragkit.settings import DEFAULT_RERANK_K, FUSION_DEPTH, HYBRID_WEIGHTS, RRF_C
-from ragkit.stages import Hits, Query, Ranked, StageContext
+from ragkit.stages import Hits, Ranked, SearchesByText, StageContext
 
 
 def check_weights(weights: Sequence[float]) -> tuple[float, float]:
@@ -108,7 +108,7 @@ class FusedRetriever(BaseRetriever):
         return out
 
 
-class HybridRetriever:
+class HybridRetriever(SearchesByText):
     """A dense index and a BM25 retriever over the same documents, fused by weighted RRF.
 
     Args:
@@ -165,24 +165,15 @@ class HybridRetriever:
     def search_mode(self) -> tuple[str, ...]:
         return self.dense.search_mode
 
-    def retrieve(self, queries: Sequence[Query], k: int) -> Hits:
-        """:meth:`search` for ``(query id, text)`` pairs."""
-        return self.search([text for _, text in queries], k)
-
     def timed_search(self, query: str, k: int) -> tuple[Ranked, dict[str, float]]:
-        """One query: embedded, searched by vector and by BM25 (each to the fusion depth), fused;
-        each step timed in seconds."""
+        """One query: its dense and BM25 parts' own timed searches (each to the fusion depth),
+        then the fusion, each step timed in seconds."""
         depth = self._depth(k)
-        t0 = time.perf_counter()
-        vectors = self.dense.embed_queries([query])
-        t1 = time.perf_counter()
-        dense = self.dense.search_by_vector(vectors, depth)
-        t2 = time.perf_counter()
-        bm25 = self.bm25.search([query], depth)
-        t3 = time.perf_counter()
-        hits = self.fuse(dense, bm25, k)[0]
-        steps = {"embed query": t1 - t0, "vector search": t2 - t1, "bm25 search": t3 - t2}
-        return hits, {**steps, "fusion": time.perf_counter() - t3}
+        dense, dense_steps = self.dense.timed_search(query, depth)
+        bm25, bm25_steps = self.bm25.timed_search(query, depth)
+        start = time.perf_counter()
+        hits = self.fuse([dense], [bm25], k)[0]
+        return hits, {**dense_steps, **bm25_steps, "fusion": time.perf_counter() - start}
 
     def as_retriever(self, k: int = DEFAULT_RERANK_K) -> FusedRetriever:
         """LangChain's ``EnsembleRetriever`` over ``dense.as_retriever`` and ``bm25.as_retriever``

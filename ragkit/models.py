@@ -22,6 +22,7 @@ from typing import Literal
 from huggingface_hub import try_to_load_from_cache
 
 from ragkit.errors import ConfigError, ModelNotFoundError
+from ragkit.settings import env_flag
 
 Kind = Literal["embedder", "cross-encoder"]
 
@@ -125,13 +126,14 @@ def _folder_problem(folder: Path, kind: Kind) -> str | None:
     return None
 
 
-def check_model(name: str, kind: Kind, *, offline: bool) -> ModelInfo | None:
+def check_model(name: str, kind: Kind, *, offline: bool | None = None) -> ModelInfo | None:
     """That ``name`` can be loaded as a model of ``kind``, checked before any work: a local
     folder saved by ``save_pretrained``, or a Hub id (in the Hugging Face cache when
-    ``offline``). Any Hub id will do, not only the catalogue's; returns the catalogue's entry,
-    or ``None`` for a model it does not know (ragkit then applies no query instruction and
-    reads the maximum length from the model's own configuration). Raises a
-    ``ModelNotFoundError`` (or ``ConfigError``) that says what is wrong and how to fix it.
+    ``offline``, which defaults to whether ``HF_HUB_OFFLINE`` is set). Any Hub id will do, not
+    only the catalogue's; returns the catalogue's entry, or ``None`` for a model it does not
+    know (ragkit then applies no query instruction and reads the maximum length from the
+    model's own configuration). Raises a ``ModelNotFoundError`` (or ``ConfigError``) that says
+    what is wrong and how to fix it.
 
     Example:
         >>> check_model("BAAI/bge-small-en-v1.5", "embedder", offline=False).family
@@ -139,6 +141,8 @@ def check_model(name: str, kind: Kind, *, offline: bool) -> ModelInfo | None:
         >>> check_model("intfloat/e5-small-v2", "embedder", offline=False) is None
         True
     """
+    if offline is None:
+        offline = env_flag("HF_HUB_OFFLINE")
     known = ", ".join(m.hub_id for m in CATALOGUE.values() if m.kind == kind)
     folder = Path(name).expanduser()
     if folder.exists():

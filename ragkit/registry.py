@@ -46,7 +46,7 @@ FIRST_STAGES: dict[str, StageKind] = {
     kind.name: kind
     for kind in (
         StageKind("dense", "ragkit.retrievers:build_dense_stage", ("embedder", *_PASSAGE_OPTIONS), ("embedder",),
-                  _dense_label, passages=True),
+                  _dense_label),
         StageKind("bm25", "ragkit.retrievers:build_bm25_stage", (), (), lambda p: "bm25"),
         StageKind("hybrid", "ragkit.hybrid:build_hybrid_stage", ("embedder", "fusion_weights"), ("embedder",),
                   _hybrid_label),

@@ -65,7 +65,7 @@ from ragkit.settings import (
     INDEX_BATCH_SIZE,
     cache_dir,
 )
-from ragkit.stages import Hits, Query, Ranked, StageContext
+from ragkit.stages import Hits, Ranked, SearchesByText, StageContext
 
 log = logging.getLogger("ragkit")
 
@@ -417,7 +417,7 @@ class ChromaRetriever(BaseRetriever):
         ]
 
 
-class ChromaIndex:
+class ChromaIndex(SearchesByText):
     """A Chroma collection of embedded documents (or chunks) that ragkit built or reopened.
 
     Build one with :func:`build_chroma_index`. Attributes: ``store`` (the LangChain ``Chroma``
@@ -552,10 +552,6 @@ class ChromaIndex:
         """``("exact",)`` or ``("hnsw",)``: the same index can be searched either way (see
         :attr:`exact`), and HNSW may miss a neighbour exact search finds."""
         return ("exact",) if self.exact else ("hnsw",)
-
-    def retrieve(self, queries: Sequence[Query], k: int) -> Hits:
-        """:meth:`search` for ``(query id, text)`` pairs."""
-        return self.search([text for _, text in queries], k)
 
     def timed_search(self, query: str, k: int) -> tuple[Ranked, dict[str, float]]:
         """One query: embedded, then searched, each step timed in seconds."""
@@ -1733,7 +1729,7 @@ def _verify(directory: Path) -> list[str]:
     return problems
 
 
-class BM25Retriever(BaseRetriever):
+class BM25Retriever(SearchesByText, BaseRetriever):
     """BM25 first stage (``ragkit.bm25``, on ``bm25s``) as a LangChain retriever, with the same
     batched ``search(queries, k)`` as :class:`ChromaIndex`. Not LangChain community's
     ``BM25Retriever``: this one keeps scores (``metadata["score"]``) and stems words.
@@ -1786,10 +1782,6 @@ class BM25Retriever(BaseRetriever):
     @property
     def search_mode(self) -> tuple[str, ...]:
         return ()
-
-    def retrieve(self, queries: Sequence[Query], k: int) -> Hits:
-        """:meth:`search` for ``(query id, text)`` pairs."""
-        return self.search([text for _, text in queries], k)
 
     def timed_search(self, query: str, k: int) -> tuple[Ranked, dict[str, float]]:
         """One query searched, timed in seconds."""

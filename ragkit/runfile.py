@@ -69,9 +69,9 @@ def _some(ids: Sequence[str]) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _parsed(path: str, sha256: str) -> tuple[dict[str, Ranked], tuple[str, ...]]:
-    """Per query id, the file's ranking (best first); and the run tags seen. Keyed by the
-    file's sha256 too, so an edited file is read again."""
+def _parsed(path: str, sha256: str) -> dict[str, Ranked]:
+    """Per query id, the file's ranking (best first). Keyed by the file's sha256 too, so an
+    edited file is read again."""
     rows: dict[str, list[tuple[float, int, int, str]]] = {}
     seen: dict[tuple[str, str], int] = {}
     tags: dict[str, None] = {}
@@ -110,7 +110,7 @@ def _parsed(path: str, sha256: str) -> tuple[dict[str, Ranked], tuple[str, ...]]
             f"Run file {path} holds {len(tags)} runs (tags {_some(list(tags))}): give each system's run its own file "
             "(--run FILE once per run)."
         )
-    return {q: [(d, -negative) for negative, _, _, d in sorted(r)] for q, r in rows.items()}, tuple(tags)
+    return {q: [(d, -negative) for negative, _, _, d in sorted(r)] for q, r in rows.items()}
 
 
 def read_run(path: str | Path) -> dict[str, Ranked]:
@@ -121,7 +121,7 @@ def read_run(path: str | Path) -> dict[str, Ranked]:
         read_run("bm25.trec")["1"][:2]
         # [('31715818', 21.3), ('13734012', 18.9)]
     """
-    return _parsed(str(path), file_sha256(path))[0]
+    return _parsed(str(path), file_sha256(path))
 
 
 def check_run_stage(collection: Any, pipeline: Any) -> None:
@@ -186,7 +186,7 @@ class RunFileStage:
         self.path = str(path)
         self.collection = collection
         sha256 = file_sha256(path)
-        self.ranked, _ = _parsed(self.path, sha256)
+        self.ranked = _parsed(self.path, sha256)
         self.fingerprint = hashlib.sha256(f"trec run\x00{sha256}".encode()).hexdigest()
         self.query_ids: dict[str, list[str]] = {}
         for query_id, text in collection.queries.items():

@@ -1,5 +1,5 @@
 """What a first stage is to ragkit: the protocol every retriever the engine evaluates follows,
-and the registry of the kinds a :class:`ragkit.Pipeline` can name.
+and how a kind of first stage is described (:class:`StageKind`, registered in ``ragkit.registry``).
 
 A first stage turns queries into a run: for each query, documents best first, each with a
 finite score, the scores never increasing (``ragkit.measures.ranked_run`` then separates
@@ -64,6 +64,15 @@ class FirstStage(Protocol):
         ...
 
 
+class SearchesByText:
+    """``retrieve`` for a stage that ranks by query text alone, through its batched
+    ``search(texts, k)`` (the Chroma index, BM25, the hybrid)."""
+
+    def retrieve(self, queries: Sequence[Query], k: int) -> Hits:
+        """``search`` for ``(query id, text)`` pairs."""
+        return self.search([text for _, text in queries], k)  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class StageContext:
     """What a builder may use: the device and progress settings of the run, the Chroma server
@@ -90,7 +99,6 @@ class StageKind:
             so that they cannot make two pipelines differ.
         required: those of ``options`` that must be given.
         label: the first stage's name in tables, from the pipeline.
-        passages: whether the kind indexes passages (``chunk_size``).
         check: ``"module:function"`` taking ``(collection, pipeline)``, called before any work
             of an evaluation; it raises on input the stage cannot use.
         content: what the stage's results depend on that its options do not say (a file's
@@ -102,9 +110,13 @@ class StageKind:
     options: tuple[str, ...]
     required: tuple[str, ...]
     label: Callable[[Any], str]
-    passages: bool = False
     check: str | None = None
     content: Callable[[Any], Any] | None = None
+
+    @property
+    def passages(self) -> bool:
+        """Whether the kind indexes passages: it reads ``chunk_size``."""
+        return "chunk_size" in self.options
 
     def build(self, collection: Any, pipeline: Any, context: StageContext) -> FirstStage:
         """The first stage ``pipeline`` names, on ``collection``."""
@@ -173,6 +185,7 @@ __all__ = [
     "Hits",
     "Query",
     "Ranked",
+    "SearchesByText",
     "StageContext",
     "StageKind",
     "check_hits",
