@@ -21,6 +21,21 @@ from ragkit.results import trec_run
 from ragkit.stages import FirstStage, StageContext, hits_problem
 
 DEPTH = 10
+# A query embedded alone and in a batch may differ in its last bits (another batch shape can
+# take another BLAS path), and so may their cosine scores, by about 1e-6 on 2.4e-6-relative
+# vectors: positions must agree in score to this much, and may swap only documents whose
+# scores are that close.
+SCORE_TOLERANCE = 1e-5
+
+
+def assert_ranked_alike(one: list, batch: list) -> None:
+    """The same ranking, up to neighbours whose scores cannot be told apart at SCORE_TOLERANCE."""
+    assert len(one) == len(batch)
+    batch_scores = dict(batch)
+    for (doc, score), (batch_doc, batch_score) in zip(one, batch):
+        assert abs(score - batch_score) <= SCORE_TOLERANCE, (doc, score, batch_doc, batch_score)
+        if doc != batch_doc and doc in batch_scores:  # a swap: of two documents the scores tie
+            assert abs(batch_scores[doc] - batch_score) <= SCORE_TOLERANCE, (doc, batch_doc)
 
 
 def bm25_run_file(collection, path, depth=DEPTH) -> str:
@@ -94,13 +109,17 @@ def test_a_first_stage_keeps_the_contract(kind, options, demo, cache, monkeypatc
             assert timed is None
             continue
         one, steps = timed
-        assert [d for d, _ in one] == [d for d, _ in ranked]
+        assert_ranked_alike(one, ranked)
         assert steps and all(isinstance(s, float) and s >= 0 for s in steps.values())
 
     # The LangChain view returns the same documents, each carrying its doc id.
     retriever = stage.as_retriever(k=5)
     for (_, text), ranked in zip(queries[:3], hits):
-        assert [d.metadata["doc_id"] for d in retriever.invoke(text)] == [d for d, _ in ranked[:5]]
+        docs = retriever.invoke(text)
+        if all("score" in d.metadata for d in docs):
+            assert_ranked_alike([(d.metadata["doc_id"], d.metadata["score"]) for d in docs], ranked[:5])
+        else:  # the fused retriever keeps ranks, not scores
+            assert [d.metadata["doc_id"] for d in docs] == [d for d, _ in ranked[:5]]
 
 
 @pytest.mark.parametrize(
