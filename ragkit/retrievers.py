@@ -345,7 +345,8 @@ def _embedder_identity(embeddings: Embeddings) -> dict[str, Any]:
 
 
 def _index_fingerprint(embeddings: Embeddings, records: Iterable[_Record], splitting: dict[str, Any] | None) -> str:
-    """sha256 over the embedder's identity, the splitting parameters and the corpus content.
+    """sha256 over the embedder's identity, the splitting parameters, the corpus content, and
+    how Chroma stores and searches the vectors (``HNSW`` and the build layout, ``_HNSW_PERSISTENCE``).
 
     Records are hashed in id order, so the same corpus in another order has the same fingerprint.
     """
