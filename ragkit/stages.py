@@ -1,5 +1,7 @@
-"""What a first stage is to ragkit: the protocol every retriever the engine evaluates follows,
-and how a kind of first stage is described (:class:`StageKind`, registered in ``ragkit.registry``).
+"""What a stage is to ragkit: the protocols every retriever (:class:`FirstStage`) and every
+reranker (:class:`Reranker`, :class:`PairScorer`) the engine evaluates follow, and how a kind
+of stage is described (:class:`StageKind`, :class:`RerankerKind`, registered in
+``ragkit.registry``).
 
 A first stage turns queries into a run: for each query, documents best first, each with a
 finite score, the scores never increasing (``ragkit.measures.ranked_run`` then separates
@@ -11,6 +13,16 @@ that did its work elsewhere, such as a run file), and can be viewed as a LangCha
 The engine (``ragkit.evaluate``) knows first stages only through this protocol and the
 registry of kinds (``ragkit.registry``): adding a kind of first stage is one module with a
 builder and one line there.
+
+A reranker turns one query's candidates, ``(doc id, text)`` best first, into a ranking of
+them (:meth:`Reranker.rerank`), and can be viewed as a LangChain document compressor. One that
+scores each (query, text) pair on its own, as a cross-encoder or a bi-encoder does, is a
+:class:`PairScorer`: the engine then pools every query's pairs into one stream, keeps each
+pair's score in the pair-score cache under the scorer's fingerprint, and scores a document
+that is split into passages as its best passage.
+
+A user's own stage (a LangChain retriever or compressor, ``ragkit.langchain_stages``) is given
+to a pipeline as an object: a :class:`StageSource`, which builds the stage for a collection.
 """
 
 from __future__ import annotations
@@ -64,6 +76,77 @@ class FirstStage(Protocol):
         ...
 
 
+@runtime_checkable
+class Reranker(Protocol):
+    """A second stage as the engine evaluates it.
+
+    Attributes:
+        fingerprint: what identifies its scores (model, revision, precision, device, options);
+            its cached scores and runs are keyed by it. ``None`` for a stage whose identity
+            ragkit cannot know (a user's compressor given no fingerprint): then nothing it
+            produces is cached.
+    """
+
+    fingerprint: str | None
+
+    def rerank(self, query: str, candidates: Sequence[tuple[str, str]]) -> Ranked:
+        """``candidates`` (``(doc id, text)``, first stage's best first) ranked for ``query``:
+        ``(doc id, score)`` of those it keeps, best first; a doc id is one of the candidates'."""
+        ...
+
+    def as_compressor(self, top_n: int) -> Any:
+        """The reranker as a LangChain ``BaseDocumentCompressor`` returning ``top_n``
+        documents, each with ``metadata["relevance_score"]``."""
+        ...
+
+
+@runtime_checkable
+class PairScorer(Reranker, Protocol):
+    """A reranker that scores each (query, text) pair on its own, so that pairs of many
+    queries can be pooled, cached one by one, and a document can score as its best passage."""
+
+    def score(self, pairs: Sequence[tuple[str, str]], *, devices: Sequence[str] | None = None) -> Any:
+        """A finite float per pair, higher for more relevant (a cross-encoder's logit, a
+        bi-encoder's cosine), in the order given; in worker processes, one per device, with
+        ``devices`` (the same scores as one process)."""
+        ...
+
+    def scoring_order(self, pairs: Sequence[tuple[str, str]]) -> Any:
+        """The positions of ``pairs`` in the order :meth:`score` processes them (a
+        cross-encoder: longest first), so that scoring consecutive slices of that order
+        forms the batches, and so the scores, of one call."""
+        ...
+
+    def truncated(self, pairs: Sequence[tuple[str, str]]) -> Any:
+        """A boolean per pair: longer than the model reads, so cut when scored."""
+        ...
+
+    def workers(self, devices: Sequence[str] | None) -> Any:
+        """A context manager keeping worker processes open (one per device) across many
+        :meth:`score` calls; does nothing for ``None``."""
+        ...
+
+
+@runtime_checkable
+class StageSource(Protocol):
+    """A user's own stage given to a pipeline as an object (``Pipeline(retriever=source)`` or
+    ``Pipeline(reranker=source)``).
+
+    Attributes:
+        label: its name in tables (unique among the pipelines of an evaluation).
+        fingerprint: what identifies its results across runs (say, ``"my-index-v3"``), which
+            cache keys are made of; ``None``: its results are never cached, since ragkit
+            cannot tell when they change.
+    """
+
+    label: str
+    fingerprint: str | None
+
+    def build(self, collection: Any, context: StageContext) -> Any:
+        """The stage (a :class:`FirstStage` or a :class:`Reranker`) for ``collection``."""
+        ...
+
+
 class SearchesByText:
     """``retrieve`` for a stage that ranks by query text alone, through its batched
     ``search(texts, k)`` (the Chroma index, BM25, the hybrid)."""
@@ -75,16 +158,17 @@ class SearchesByText:
 
 @dataclass(frozen=True)
 class StageContext:
-    """What a builder may use: the device and progress settings of the run, the Chroma server
-    (``client``) and worker devices the caller chose, and ``part(**options)``, which returns the
-    first stage those pipeline options name, built once per run (a hybrid's dense and BM25
-    parts are the grid's own dense and BM25 stages when it has them)."""
+    """What a builder may use: the device, batch size and progress settings of the run, the
+    Chroma server (``client``) and worker devices the caller chose, and ``part(**options)``,
+    which returns the first stage those pipeline options name, built once per run (a hybrid's
+    dense and BM25 parts are the grid's own dense and BM25 stages when it has them)."""
 
     device: str
     show_progress: bool
     client: Any
     devices: Sequence[str] | None
     part: Callable[..., FirstStage]
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -183,11 +267,14 @@ def check_hits(stage: str, hits: Any, corpus: Mapping[str, Any], n_queries: int,
 __all__ = [
     "FirstStage",
     "Hits",
+    "PairScorer",
     "Query",
     "Ranked",
+    "Reranker",
     "SearchesByText",
     "StageContext",
     "StageKind",
+    "StageSource",
     "check_hits",
     "hits_problem",
     "short_name",
