@@ -70,6 +70,15 @@ def _check_model(name: str, kind: str) -> str:
     return name
 
 
+def _check_reranker(name: str) -> str:
+    """A cross-encoder, or a family-prefixed model (``bi-encoder:<model>``), checked to load."""
+    from ragkit.registry import reranker_kind
+
+    kind, model = reranker_kind(name)
+    _check_model(model, kind.model_kind)  # type: ignore[arg-type]
+    return name
+
+
 def _positive(option: str, values: Sequence[int], *, least: int = 1) -> None:
     for value in values:
         if value < least:
@@ -200,7 +209,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     measures = [str(m) for m in parse_measures(args.measures)]
     embedders = [_check_model(e, "embedder") for e in args.embedders if e.lower() != "none"]
-    rerankers = [None if r.lower() == "none" else _check_model(r, "cross-encoder") for r in args.rerankers]
+    rerankers = [None if r.lower() == "none" else _check_reranker(r) for r in args.rerankers]
     output = check_writable(args.output, REPORT_LAYOUT)  # fail now, not after minutes of scoring
 
     # What only torch, chromadb and LangChain can tell.
@@ -395,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["none", DEFAULT_RERANKER],
         metavar="MODEL",
-        help=f"cross-encoders; 'none' adds the first stage alone (default: none {DEFAULT_RERANKER})",
+        help="cross-encoders (Hub ids or folders), or bi-encoder:MODEL to rescore with a second embedder; 'none' "
+        f"adds the first stage alone (default: none {DEFAULT_RERANKER})",
     )
     e.add_argument("--bm25", action="store_true", help="add BM25 as a first stage too")
     e.add_argument(

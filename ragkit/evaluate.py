@@ -17,13 +17,12 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import KW_ONLY, asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -31,12 +30,11 @@ import pandas as pd
 
 from ragkit.cache import FORMATS, Cache, PairScoreCache, digest
 from ragkit.data import BeirCollection
-from ragkit.errors import ConfigError
-from ragkit.loaders import multi_process_pool, resolve_device
+from ragkit.errors import ConfigError, RagkitError
+from ragkit.loaders import resolve_device
 from ragkit.measures import Run, parse_measures, per_query_scores, ranked_run
 from ragkit.provenance import code_state, device_description, machine_state, model_state, now, versions
-from ragkit.registry import FIRST_STAGES, first_stage_kind
-from ragkit.rerank import load_reranker, score_pairs, token_lengths, truncation_mask
+from ragkit.registry import first_stage_kind, reranker_kind
 from ragkit.results import EvaluationResult
 from ragkit.settings import (
     CHUNK_OVERLAP,
@@ -53,8 +51,19 @@ from ragkit.settings import (
     RunSettings,
     rerank_batch_size,
 )
-from ragkit.stages import FirstStage, Hits, StageContext, check_hits, hits_problem
-from ragkit.stages import short_name as _short
+from ragkit.stages import (
+    FirstStage,
+    Hits,
+    PairScorer,
+    Reranker,
+    RerankerKind,
+    StageContext,
+    StageKind,
+    StageSource,
+    check_hits,
+    check_reranked,
+    hits_problem,
+)
 from ragkit.stats import aggregate, percentile_ci
 
 log = logging.getLogger("ragkit")
@@ -66,16 +75,22 @@ SCORE_CHUNK = 256
 
 @dataclass(frozen=True)
 class Pipeline:
-    """One retrieval pipeline: a first stage (dense, BM25, both fused, or a run file),
-    optionally reranked.
+    """One retrieval pipeline: a first stage (dense, BM25, both fused, a run file, or the
+    user's own), optionally reranked (by a cross-encoder, a second bi-encoder, or the user's
+    own compressor).
 
     Args:
-        retriever: the kind of first stage, one of ``ragkit.stages.FIRST_STAGES``:
+        retriever: the kind of first stage, one of ``ragkit.registry.FIRST_STAGES``:
             ``"dense"`` (Chroma + an embedder), ``"bm25"``, ``"hybrid"`` (the dense and BM25
             rankings fused by weighted reciprocal rank fusion, ``ragkit.hybrid``), or ``"run"``
-            (a TREC run file another system wrote, ``run_file``; ``ragkit.runfile``).
+            (a TREC run file another system wrote, ``run_file``; ``ragkit.runfile``); or a
+            first stage of the user's own, a :class:`ragkit.stages.StageSource` such as
+            ``ragkit.LangChainRetriever(...)``.
         embedder: Hub id of the embedder for ``"dense"`` and ``"hybrid"``.
-        reranker: Hub id of a cross-encoder, or ``None`` for the first stage alone.
+        reranker: ``None`` for the first stage alone; a cross-encoder's Hub id or folder; a
+            family-prefixed model (``"bi-encoder:BAAI/bge-small-en-v1.5"``: rescoring by a
+            second embedder, ``ragkit.rescore``; the families are ``ragkit.registry.RERANKERS``);
+            or a reranker of the user's own, such as ``ragkit.LangChainCompressor(...)``.
         k: candidates taken from the first stage: the documents returned when there is no
             reranker (default 100, so that R@100 means something), the documents reranked
             when there is one (default ``settings.DEFAULT_RERANK_K``).
@@ -118,9 +133,9 @@ class Pipeline:
         'dense(all-MiniLM-L6-v2) >> ms-marco-MiniLM-L-12-v2(k=50, top_n=50)'
     """
 
-    retriever: str = "dense"
+    retriever: str | StageSource = "dense"
     embedder: str | None = DEFAULT_EMBEDDER
-    reranker: str | None = None
+    reranker: str | StageSource | None = None
     k: int | None = None
     top_n: int | None = None
     reranker_dtype: str = "float32"
@@ -134,14 +149,14 @@ class Pipeline:
     run_file: str | None = None
 
     def __post_init__(self) -> None:
-        kind = first_stage_kind(self.retriever)
+        kind = self.kind
         what = {"embedder": "an embedder (a Hub id or a local folder)", "run_file": "a run_file (a TREC run file)"}
         for option in kind.required:
             if not getattr(self, option):
-                raise ConfigError(f"A {self.retriever} pipeline needs {what.get(option, option)}.")
+                raise ConfigError(f"A {kind.name} pipeline needs {what.get(option, option)}.")
         if self.chunk_size is not None and not kind.passages:
             raise ConfigError(
-                f"Passages (chunk_size) are for dense pipelines: a {self.retriever} first stage ranks whole "
+                f"Passages (chunk_size) are for dense pipelines: a {kind.name} first stage ranks whole "
                 "documents. Leave chunk_size out, or use retriever='dense'."
             )
         # Options the kind does not read go back to their defaults: they cannot make pipelines differ.
@@ -165,9 +180,15 @@ class Pipeline:
         object.__setattr__(self, "k", k)
         object.__setattr__(self, "top_n", top_n if self.reranker else k)
         if not self.reranker:
-            object.__setattr__(self, "reranker_dtype", "float32")
+            object.__setattr__(self, "reranker", None)
             object.__setattr__(self, "truncate", False)
+        # Reranker options its family does not read (a bi-encoder's precision) go back to their defaults too.
+        family = self.reranker_family
+        if family is None or "reranker_dtype" not in family.options:
+            object.__setattr__(self, "reranker_dtype", "float32")
         self._check_passages()
+        if self.max_length is not None and (family is None or "max_length" not in family.options):
+            object.__setattr__(self, "max_length", None)
 
     def _check_passages(self) -> None:
         if self.passage_score not in PASSAGE_SCORES:
@@ -185,15 +206,49 @@ class Pipeline:
         if self.max_length is not None:
             if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
                 raise ConfigError(f"max_length must be a whole number of tokens >= 1, got {self.max_length!r}.")
-            if not self.reranker:
-                object.__setattr__(self, "max_length", None)
+
+    @property
+    def kind(self) -> StageKind:
+        """The kind of first stage (``ragkit.registry``)."""
+        return first_stage_kind(self.retriever)
+
+    @property
+    def reranker_family(self) -> RerankerKind | None:
+        """The reranker's family (``ragkit.registry.RERANKERS``), ``None`` without one."""
+        return reranker_kind(self.reranker)[0] if self.reranker else None
+
+    @property
+    def reranker_model(self) -> str | None:
+        """The reranker's model (Hub id or folder), without its family's prefix; ``None``
+        without a reranker or for the user's own."""
+        return reranker_kind(self.reranker)[1] if self.reranker else None
+
+    def models(self) -> list[tuple[str, str]]:
+        """The models the pipeline loads, as ``(model, kind)`` for ``ragkit.models.check_model``."""
+        family = self.reranker_family
+        reranker = [(self.reranker_model, family.model_kind)] if family and family.model_kind else []
+        return ([(self.embedder, "embedder")] if self.embedder else []) + reranker  # type: ignore[list-item]
+
+    def fields(self) -> dict[str, Any]:
+        """The pipeline's fields as plain data: a stage of the user's own as its label and
+        fingerprint."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("retriever", "reranker"):
+            if isinstance(out[name], StageSource):
+                out[name] = {"stage": out[name].label, "fingerprint": out[name].fingerprint}
+        return out
 
     def identity(self) -> dict[str, Any]:
         """What cache keys know of the pipeline: its fields, less those at their defaults among
         the options added after its first ones, so that adding an option keeps every cached
         result and timing of the pipelines that do not use it."""
-        fields = asdict(self)
-        return {k: v for k, v in fields.items() if k not in _LATER_DEFAULTS or v != _LATER_DEFAULTS[k]}
+        return {k: v for k, v in self.fields().items() if k not in _LATER_DEFAULTS or v != _LATER_DEFAULTS[k]}
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether what the pipeline computes can be cached: not when a stage of the user's
+        own has no fingerprint, since ragkit cannot tell when it changes."""
+        return all(getattr(s, "fingerprint", "") is not None for s in (self.retriever, self.reranker))
 
     @property
     def passages(self) -> str:
@@ -208,7 +263,7 @@ class Pipeline:
     def first_stage(self) -> str:
         """Name of the first stage alone, e.g. ``dense(all-MiniLM-L6-v2)``, ``bm25``,
         ``hybrid(all-MiniLM-L6-v2+bm25)`` or ``run(bm25.trec)``."""
-        return FIRST_STAGES[self.retriever].label(self)
+        return self.kind.label(self)
 
     @property
     def name(self) -> str:
@@ -218,14 +273,27 @@ class Pipeline:
         dtype = "" if self.reranker_dtype == "float32" else f"[{self.reranker_dtype}]"
         truncated = ", truncated" if self.truncate else ""
         length = "" if self.max_length is None else f", max_length={self.max_length}"
-        return (
-            f"{self.first_stage} >> {_short(self.reranker)}{dtype}(k={self.k}, top_n={self.top_n}{length}{truncated})"
-        )
+        reranker = self.reranker_family.label(self.reranker_model)  # type: ignore[union-attr, arg-type]
+        return f"{self.first_stage} >> {reranker}{dtype}(k={self.k}, top_n={self.top_n}{length}{truncated})"
 
     @property
     def depth(self) -> int:
         """How many first-stage candidates the pipeline's evaluation run needs."""
         return self.k if not self.reranker or self.truncate else max(self.k, FIRST_STAGE_DEPTH)
+
+    def __rshift__(self, reranker: str | StageSource | Rerank) -> Pipeline:
+        """This first stage reranked: ``first >> reranker``, PyTerrier's composition. The
+        reranker is a model (as ``Pipeline(reranker=...)`` takes it), a stage of the user's
+        own, or a :class:`Rerank` with its options.
+
+        Example:
+            >>> (Pipeline(retriever="bm25") >> Rerank("cross-encoder/ms-marco-MiniLM-L-12-v2", k=50)).name
+            'bm25 >> ms-marco-MiniLM-L-12-v2(k=50, top_n=50)'
+        """
+        if self.reranker:
+            raise ConfigError(f"{self.name} is reranked already: compose a first stage with one reranker.")
+        step = reranker if isinstance(reranker, Rerank) else Rerank(reranker)
+        return replace(self, **{f.name: getattr(step, f.name) for f in fields(step)})
 
     def own_first_stage(self) -> Pipeline:
         """The same first stage without reranking, at its full depth: what this pipeline's
@@ -240,6 +308,25 @@ class Pipeline:
             passage_score=self.passage_score,
             run_file=self.run_file,
         )
+
+
+@dataclass(frozen=True)
+class Rerank:
+    """A reranker and its options, to compose with a first stage: ``Pipeline(...) >> Rerank(...)``.
+    The options mean what :class:`Pipeline`'s do.
+
+    Example:
+        >>> (Pipeline() >> Rerank("bi-encoder:BAAI/bge-small-en-v1.5", k=100)).name
+        'dense(all-MiniLM-L6-v2) >> bi-encoder:bge-small-en-v1.5(k=100, top_n=100)'
+    """
+
+    reranker: str | StageSource
+    _: KW_ONLY
+    k: int | None = None
+    top_n: int | None = None
+    reranker_dtype: str = "float32"
+    truncate: bool = False
+    max_length: int | None = None
 
 
 # Pipeline options added after the first ones, with their defaults (see Pipeline.identity).
@@ -333,7 +420,13 @@ def skipped_combinations(ks: Sequence[int], top_ns: Sequence[int | None]) -> lis
 def _first_stage_key(p: Pipeline) -> tuple[Any, ...]:
     """What makes two pipelines' first stages the same: the kind and the options it reads
     (options it does not read are at their defaults, see ``Pipeline.__post_init__``)."""
-    return (p.retriever, *(getattr(p, option) for option in FIRST_STAGES[p.retriever].options))
+    return (p.retriever, *(getattr(p, option) for option in p.kind.options))
+
+
+def _reranker_key(p: Pipeline) -> tuple[Any, ...]:
+    """What makes two pipelines' rerankers the same: the reranker and the options its family
+    reads (the others are at their defaults)."""
+    return (p.reranker, p.reranker_dtype, p.max_length)
 
 
 def experiment(
@@ -425,29 +518,31 @@ def experiment(
         seed=seed,
     )
     device = resolve_device(settings.device)
-    settings = replace(settings, device=device, batch_size=settings.batch_size or rerank_batch_size(device))
     if devices is not None:
         from ragkit.loaders import check_devices
 
         devices = check_devices(devices)
+    # Decided once, here, for every stage: by the devices that score (the workers, when there are any).
+    settings = replace(settings, device=device, batch_size=settings.batch_size or rerank_batch_size(device, devices))
     # What a first stage would refuse once the work has begun (a run file naming documents the
     # collection does not hold) is refused now, before any index is built or model loaded.
     for p in {_first_stage_key(p): p for p in pipelines}.values():
-        FIRST_STAGES[p.retriever].check_input(collection, p)
+        p.kind.check_input(collection, p)
     # So is a model that cannot load: a folder that is not a model, a Hub id offline and not cached.
     from ragkit.models import check_model
 
-    models = {(p.embedder, "embedder") for p in pipelines if p.embedder}
-    for model, kind in sorted(models | {(p.reranker, "cross-encoder") for p in pipelines if p.reranker}):
-        check_model(model, kind)
+    for model, kind in sorted({m for p in pipelines for m in p.models()}):
+        check_model(model, kind)  # type: ignore[arg-type]
     client = None
     if chroma_server is not None and any(p.embedder for p in pipelines):
         from ragkit.retrievers import connect_chroma
 
         client = connect_chroma(*chroma_server)
     cache = Cache()
-    key = _result_key(collection, pipelines, settings)
-    if use_cache:
+    # A stage of the user's own without a fingerprint may change unseen: nothing of it is cached.
+    cacheable = all(p.cacheable for p in pipelines)
+    key = _result_key(collection, pipelines, settings) if cacheable else None
+    if use_cache and key is not None:
         stored = cache.read("results", key, check=lambda data: _result_problem(data, collection, pipelines))
         if stored is not None:
             result = EvaluationResult.from_dict(stored)
@@ -463,7 +558,8 @@ def experiment(
         client=client,
         devices=devices,
     )
-    cache.write("results", key, result.to_dict())
+    if key is not None:
+        cache.write("results", key, result.to_dict())
     return result
 
 
@@ -484,7 +580,7 @@ def _result_key(collection: BeirCollection, pipelines: list[Pipeline], settings:
     no index opened, so that re-running an unchanged grid costs little more than the imports."""
     from ragkit.retrievers import HNSW
 
-    models = sorted({m for p in pipelines for m in (p.embedder, p.reranker) if m})
+    models = sorted({m for p in pipelines for m, _ in p.models()})
     first_stages = dict.fromkeys(p.own_first_stage() for p in pipelines)
     return digest(
         "results",
@@ -495,7 +591,7 @@ def _result_key(collection: BeirCollection, pipelines: list[Pipeline], settings:
         sorted((q, sorted(d.items())) for q, d in collection.qrels.items()),
         [p.identity() for p in pipelines],
         # What a first stage depends on beyond its options (a run file's content).
-        [FIRST_STAGES[p.retriever].content(p) for p in first_stages if FIRST_STAGES[p.retriever].content],
+        [p.kind.content(p) for p in first_stages if p.kind.content],
         asdict(settings),
         machine_state(settings.device),
         {m: model_state(m) for m in models},
@@ -527,14 +623,26 @@ def _run_experiment(
     latency_measured: dict[str, dict[str, Any]] = {}  # pipeline -> when its timings were taken, and if reused
     stages: dict[tuple[Any, ...], FirstStage] = {}
     candidates: dict[tuple[Any, ...], Hits] = {}
+    context = StageContext(settings.device, show_progress, client, devices, lambda **o: stage_of(Pipeline(**o)),
+                           batch_size=settings.batch_size)  # fmt: skip
 
     def stage_of(p: Pipeline) -> FirstStage:
         """The first stage ``p`` names, built once per run (a hybrid's parts included)."""
         key = _first_stage_key(p)
         if key not in stages:
-            context = StageContext(settings.device, show_progress, client, devices, lambda **o: stage_of(Pipeline(**o)))
-            stages[key] = FIRST_STAGES[p.retriever].build(collection, p, context)
+            stages[key] = p.kind.build(collection, p, context)
         return stages[key]
+
+    # Each reranker built once; one that ranks documents as wholes cannot score passages.
+    rerankers: dict[tuple[Any, ...], Reranker] = {}
+    for p in pipelines:
+        if p.reranker and _reranker_key(p) not in rerankers:
+            rerankers[_reranker_key(p)] = _build_reranker(p, context)
+        if p.chunk_size is not None and p.reranker and not isinstance(rerankers[_reranker_key(p)], PairScorer):
+            raise ConfigError(
+                f"{p.name}: this reranker ranks whole documents, and a passage pipeline scores a document by its "
+                "passages. Use whole documents (no chunk_size) with it, or a cross-encoder or bi-encoder reranker."
+            )
 
     pair_cache = cache.pair_scores()
     try:
@@ -552,13 +660,16 @@ def _run_experiment(
         if settings.engine == "batched":
             deepest: dict[tuple[Any, ...], Pipeline] = {}
             for p in pipelines:
-                group = (*_first_stage_key(p), p.reranker, p.reranker_dtype, p.max_length)
+                group = (*_first_stage_key(p), *_reranker_key(p))
                 if p.reranker and (group not in deepest or p.k > deepest[group].k):
                     deepest[group] = p
             for p in deepest.values():
+                reranker = rerankers[_reranker_key(p)]
+                if not isinstance(reranker, PairScorer):
+                    continue  # each of its pipelines reranks query by query below
                 cands = [c[: p.depth] for c in candidates[_first_stage_key(p)]]
                 timing: dict[str, Any] = {}
-                _rerank_batched(p, cands, collection, query_ids, settings, pair_cache, scored, reuse=reuse,
+                _rerank_batched(p, reranker, cands, collection, query_ids, pair_cache, scored, reuse=reuse,
                                 show_progress=show_progress, timing=timing, devices=devices,
                                 split=_passage_splitter(p, stages[_first_stage_key(p)], collection))  # fmt: skip
                 if timing and timing["pairs"] == timing["of"]:  # every pair scored now: a whole pass, timed
@@ -569,35 +680,25 @@ def _run_experiment(
         for p in bar:
             bar.set_postfix_str(p.name)
             stage = stages[_first_stage_key(p)]
+            reranker = rerankers.get(_reranker_key(p))
             split = _passage_splitter(p, stage, collection)
-            if p.reranker:
-                truncation[p.name] = _truncation(p, [c[: p.depth] for c in candidates[_first_stage_key(p)]],
-                                                 collection, query_ids, settings.device, split)  # fmt: skip
+            cands = [c[: p.depth] for c in candidates[_first_stage_key(p)]]
+            if isinstance(reranker, PairScorer):
+                truncation[p.name] = _truncation(p, reranker, cands, collection, query_ids, split)
             if settings.engine == "langchain":
-                run = _langchain_run(p, stage, collection, query_ids, settings)
+                run = _langchain_run(p, stage, reranker, collection, query_ids, settings)
+            elif isinstance(reranker, PairScorer):
+                run = _rerank_batched(p, reranker, cands, collection, query_ids, pair_cache, scored, reuse=reuse,
+                                      show_progress=show_progress, split=split, devices=devices)  # fmt: skip
+            elif reranker is not None:
+                run = _rerank_each(p, reranker, cands, collection, query_ids, cache=cache, reuse=reuse)
             else:
-                cands = [c[: p.depth] for c in candidates[_first_stage_key(p)]]
-                if p.reranker:
-                    run = _rerank_batched(
-                        p,
-                        cands,
-                        collection,
-                        query_ids,
-                        settings,
-                        pair_cache,
-                        scored,
-                        reuse=reuse,
-                        show_progress=show_progress,
-                        split=split,
-                        devices=devices,
-                    )
-                else:
-                    run = {q: ranked_run(c) for q, c in zip(query_ids, cands)}
+                run = {q: ranked_run(c) for q, c in zip(query_ids, cands)}
             runs[p.name] = run
             if settings.latency_queries > 0:
-                rows, measured = _pipeline_latency(
-                    p, stage, collection, query_ids[: settings.latency_queries], settings, cache=cache, reuse=reuse
-                )
+                rows, measured = _pipeline_latency(p, stage, reranker, collection,
+                                                   query_ids[: settings.latency_queries], settings, cache=cache,
+                                                   reuse=reuse)  # fmt: skip
                 if rows:  # a run file's first stage alone has nothing to time here
                     latency_measured[p.name] = measured
                 latency_rows += rows
@@ -711,9 +812,12 @@ def _first_stage_run(
     """The stage's hits for every query at ``depth``, from the cache when it holds them; a
     fresh run is checked (``ragkit.stages.check_hits``) before anything is scored or cached."""
     texts = [collection.queries[q] for q in query_ids]
+    n = len(query_ids)
+    if stage.fingerprint is None:  # a stage of the user's own that cannot say when it changes
+        return check_hits(name, stage.retrieve(list(zip(query_ids, texts)), depth), collection.corpus, n, depth,
+                          stage.fills_depth)  # fmt: skip
     # Queries by id and text: a run file ranks by id, the other stages by text.
     key = digest("runs", FORMATS["runs"], stage.fingerprint, list(zip(query_ids, texts)), depth, *stage.search_mode)
-    n = len(query_ids)
     if reuse:
         stored = cache.read(
             "runs", key, check=lambda h: hits_problem(h, collection.corpus, n, depth, stage.fills_depth)
@@ -741,11 +845,11 @@ def _reranked_pairs(
 
 
 def _truncation(
-    p: Pipeline, cands: Hits, collection: BeirCollection, query_ids: list[str], device: str, split: Any
+    p: Pipeline, reranker: PairScorer, cands: Hits, collection: BeirCollection, query_ids: list[str], split: Any
 ) -> dict[str, Any]:
-    """The share of a reranked pipeline's pairs longer than its cross-encoder reads."""
+    """The share of a reranked pipeline's pairs longer than its reranker reads."""
     pairs, _ = _reranked_pairs(p, cands, collection, query_ids, split)
-    mask = truncation_mask(_reranker(p, device), pairs, p.max_length)
+    mask = reranker.truncated(pairs)
     return {"share": float(mask.mean()) if len(mask) else 0.0, "pairs": len(pairs)}
 
 
@@ -768,16 +872,16 @@ def _passage_splitter(p: Pipeline, stage: Any, collection: BeirCollection) -> An
     return split
 
 
-def _reranker(p: Pipeline, device: str) -> Any:
-    return load_reranker(p.reranker, device, p.reranker_dtype)
+def _build_reranker(p: Pipeline, context: StageContext) -> Reranker:
+    return p.reranker_family.build(p.reranker_model, p, context)  # type: ignore[union-attr]
 
 
 def _rerank_batched(
     p: Pipeline,
+    reranker: PairScorer,
     cands: Hits,
     collection: BeirCollection,
     query_ids: list[str],
-    settings: RunSettings,
     pair_cache: PairScoreCache,
     scored: dict[str, float],
     *,
@@ -793,43 +897,42 @@ def _rerank_batched(
     is read only with ``reuse``. ``timing`` receives how many pairs were scored now, of how
     many, in how many seconds (model load excluded). ``split`` turns a document id into its
     passages (a passage pipeline; each document then scores as its best passage's logit).
-    ``devices``: score in one worker process per device, the pool kept for the whole pass."""
+    ``devices``: score in one worker process per device, the pool kept for the whole pass.
+    A reranker without a fingerprint (a user's own) has nothing read from or written to the
+    on-disk cache."""
     from tqdm.auto import tqdm
 
-    model = _reranker(p, settings.device)
-    key_parts: list[Any] = [
-        p.reranker,
-        model_state(p.reranker),
-        settings.device,
-        model.client.max_seq_length,
-        FORMATS["scoring"],
-        p.reranker_dtype,
-    ]
-    if p.max_length is not None:  # only then: scores cached at the model's own length stay valid
-        key_parts.append(("max_length", p.max_length))
-    model_key = digest(*key_parts)
+    model_key = reranker.fingerprint
+    cached = model_key is not None
     pairs, owners = _reranked_pairs(p, cands, collection, query_ids, split)
     keys = [PairScoreCache.pair_key(*pair) for pair in pairs]
-    known = pair_cache.get(model_key, keys) if reuse else {}
-    known.update((k, scored[model_key + k]) for k in keys if model_key + k in scored)
+    known = pair_cache.get(model_key, keys) if reuse and cached else {}
+    known.update((k, scored[f"{model_key}{k}"]) for k in keys if cached and f"{model_key}{k}" in scored)
     todo = [i for i, k in enumerate(keys) if k not in known]
     if todo:
-        # The same longest-first order score_pairs uses, cut into chunks of whole batches, so
-        # the batches (and so the scores, to the last bit) are those of a single call.
-        lengths = token_lengths(model, [pairs[i] for i in todo], p.max_length)
-        todo = [todo[j] for j in np.argsort(-lengths, kind="stable")]
-        chunk = max(1, SCORE_CHUNK // settings.batch_size) * settings.batch_size
+        # The reranker's own scoring order, cut into chunks of whole batches, so the batches
+        # (and so the scores, to the last bit) are those of a single call.
+        order = reranker.scoring_order([pairs[i] for i in todo])
+        todo = [todo[j] for j in order]
+        batch = getattr(reranker, "batch_size", None) or 1
+        chunk = max(1, SCORE_CHUNK // batch) * batch
         start_time = time.perf_counter()
-        pool = multi_process_pool(model, devices) if devices else contextlib.nullcontext()
-        with pool, tqdm(total=len(todo), desc="scoring pairs", unit="pair", disable=not show_progress) as bar:
+        with reranker.workers(devices), tqdm(total=len(todo), desc="scoring pairs", unit="pair",
+                                             disable=not show_progress) as bar:  # fmt: skip
             for start in range(0, len(todo), chunk):
                 part = todo[start : start + chunk]
-                logits = score_pairs(model, [pairs[i] for i in part], batch_size=settings.batch_size, raw=True,
-                                     max_length=p.max_length, devices=devices)  # fmt: skip
+                logits = np.asarray(reranker.score([pairs[i] for i in part], devices=devices), dtype=np.float64)
+                if logits.shape != (len(part),) or not np.isfinite(logits).all():
+                    raise RagkitError(
+                        f"Reranker of {p.name} returned {logits.shape} scores for {len(part)} pairs, or a score "
+                        "that is not a finite number: a pair scorer gives one finite score per pair "
+                        "(ragkit.stages.PairScorer)."
+                    )
                 fresh = {keys[i]: float(s) for i, s in zip(part, logits)}
-                pair_cache.put(model_key, fresh)
+                if cached:
+                    pair_cache.put(model_key, fresh)
+                    scored.update((f"{model_key}{k}", v) for k, v in fresh.items())
                 known.update(fresh)
-                scored.update((model_key + k, v) for k, v in fresh.items())
                 bar.update(len(part))
         if timing is not None:
             timing.update(pairs=len(todo), of=len(keys), seconds=time.perf_counter() - start_time)
@@ -842,6 +945,42 @@ def _rerank_batched(
         reranked = [(d, best[(i, rank)]) for rank, (d, _) in enumerate(hits[: p.k])]
         run[q] = reranked_run(reranked, hits[p.k :], keep=p.top_n if p.truncate else None)
     return run
+
+
+def _rerank_each(
+    p: Pipeline,
+    reranker: Reranker,
+    cands: Hits,
+    collection: BeirCollection,
+    query_ids: list[str],
+    *,
+    cache: Cache,
+    reuse: bool,
+) -> Run:
+    """A reranker that ranks a query's candidates as a whole (a user's LangChain compressor),
+    called query by query; its rankings are checked (``ragkit.stages.check_reranked``) and,
+    when it has a fingerprint, cached by it and the candidates."""
+    label = p.reranker_family.label(p.reranker_model)  # type: ignore[union-attr, arg-type]
+    asked = [[(d, collection.text(d)) for d, _ in hits[: p.k]] for hits in cands]
+    key = None
+    if reranker.fingerprint is not None:
+        key = digest("reranked", FORMATS["runs"], reranker.fingerprint,
+                     [(q, collection.queries[q], [d for d, _ in a]) for q, a in zip(query_ids, asked)])  # fmt: skip
+    stored = None
+    if reuse and key is not None:
+        stored = cache.read("runs", key, check=lambda r: None if isinstance(r, list) and len(r) == len(asked) else
+                            "it ranks other queries")  # fmt: skip
+    if stored is not None:
+        rankings = [[(d, float(s)) for d, s in ranked] for ranked in stored]
+    else:
+        rankings = [reranker.rerank(collection.queries[q], a) for q, a in zip(query_ids, asked)]
+    for ranked, a in zip(rankings, asked):
+        check_reranked(label, ranked, [d for d, _ in a])
+    if key is not None and stored is None:
+        cache.write("runs", key, rankings)
+    # Candidates it dropped follow the ones it kept, in the first stage's order, as deeper ones do.
+    return {q: reranked_run(ranked, hits, keep=p.top_n if p.truncate else None)
+            for q, ranked, hits in zip(query_ids, rankings, cands)}  # fmt: skip
 
 
 def reranked_run(
@@ -867,22 +1006,43 @@ def reranked_run(
 
 
 def langchain_retriever(
-    p: Pipeline, stage: Any, device: str = "auto", batch_size: int | None = None, *, raw_scores: bool = False
+    p: Pipeline,
+    stage: Any,
+    device: str = "auto",
+    batch_size: int | None = None,
+    *,
+    raw_scores: bool = False,
+    reranker: Reranker | None = None,
 ) -> Any:
     """The LangChain retriever a pipeline stands for: the first stage's ``as_retriever(k)``,
-    wrapped in a ``ContextualCompressionRetriever`` with ragkit's score-keeping reranker that
-    returns ``top_n`` documents (with logits as ``relevance_score`` when ``raw_scores``)."""
-    from ragkit.rerank import reranking_retriever
+    wrapped in a ``ContextualCompressionRetriever`` with the reranker's compressor
+    (``Reranker.as_compressor``; for a cross-encoder ragkit's score-keeping one) that returns
+    ``top_n`` documents (with logits as ``relevance_score`` when ``raw_scores``). ``reranker``:
+    the one already built for ``p``, else it is built on ``device``."""
+    from langchain_classic.retrievers import ContextualCompressionRetriever
 
     base = stage.as_retriever(k=p.k)
     if not p.reranker:
         return base
-    model = _reranker(p, resolve_device(device))
-    return reranking_retriever(base, model, top_n=p.top_n, batch_size=batch_size, raw_scores=raw_scores)
+    if reranker is None:
+        device = resolve_device(device)
+        batch_size = batch_size or rerank_batch_size(device)
+        reranker = _build_reranker(p, StageContext(device, False, None, None, _no_parts, batch_size=batch_size))
+    compressor = reranker.as_compressor(p.top_n, raw_scores=raw_scores)
+    return ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base)
+
+
+def _no_parts(**options: Any) -> FirstStage:
+    raise ConfigError("A reranker is built from its own options; it has no first-stage parts.")
 
 
 def _langchain_run(
-    p: Pipeline, stage: Any, collection: BeirCollection, query_ids: list[str], settings: RunSettings
+    p: Pipeline,
+    stage: Any,
+    reranker: Reranker | None,
+    collection: BeirCollection,
+    query_ids: list[str],
+    settings: RunSettings,
 ) -> Run:
     if not p.reranker:
         retriever = stage.as_retriever(k=p.k)
@@ -891,12 +1051,16 @@ def _langchain_run(
     # The compressor returns every reranked candidate (top_n=k) unless the run is truncated;
     # the first stage's deeper candidates come from a second, deeper retriever.
     evaluated = p if p.truncate else replace(p, top_n=p.k)
-    retriever = langchain_retriever(evaluated, stage, settings.device, settings.batch_size, raw_scores=True)
+    retriever = langchain_retriever(evaluated, stage, settings.device, settings.batch_size, raw_scores=True,
+                                    reranker=reranker)  # fmt: skip
     deeper = stage.as_retriever(k=p.depth) if p.depth > p.k else None
     run: Run = {}
     for q in query_ids:
         docs = retriever.invoke(collection.queries[q])
-        reranked = [(d.metadata["doc_id"], float(d.metadata["relevance_score"])) for d in docs]
+        scores = [d.metadata.get("relevance_score") for d in docs]
+        if any(score is None for score in scores):  # a compressor that keeps no score: its order
+            scores = [-rank for rank in range(len(docs))]
+        reranked = [(d.metadata["doc_id"], float(score)) for d, score in zip(docs, scores)]
         rest = [(d.metadata["doc_id"], 0.0) for d in deeper.invoke(collection.queries[q])] if deeper else []
         run[q] = reranked_run(reranked, rest)
     return run
@@ -914,6 +1078,7 @@ def _first_stage_score(doc: Any) -> float:
 def _pipeline_latency(
     p: Pipeline,
     stage: Any,
+    reranker: Reranker | None,
     collection: BeirCollection,
     query_ids: list[str],
     settings: RunSettings,
@@ -925,7 +1090,11 @@ def _pipeline_latency(
 
     Timings of the same pipeline, queries and index on the same hardware, thread count and
     library versions are reused: re-measuring them would only add noise, and it is most of
-    what re-running a grid that shares pipelines would cost."""
+    what re-running a grid that shares pipelines would cost. A stage of the user's own without
+    a fingerprint is timed afresh every time."""
+    if not p.cacheable:
+        rows = _time_pipeline(p, stage, reranker, collection, query_ids, settings)
+        return rows, {"measured": now(), "reused": False}
     # top_n only cuts the scored list, so pipelines that differ in it cost the same to serve.
     key = digest(
         "latency",
@@ -936,7 +1105,7 @@ def _pipeline_latency(
         [(q, collection.queries[q]) for q in query_ids],
         machine_state(settings.device),
         settings.batch_size,
-        model_state(p.reranker) if p.reranker else None,
+        model_state(p.reranker_model) if p.reranker_model else None,
         FORMATS["scoring"],
     )
     if reuse:
@@ -944,7 +1113,7 @@ def _pipeline_latency(
         if saved is not None:
             rows = [{**row, "pipeline": p.name} for row in saved["rows"]]
             return rows, {"measured": saved["measured"], "reused": True}
-    rows = _time_pipeline(p, stage, collection, query_ids, settings)
+    rows = _time_pipeline(p, stage, reranker, collection, query_ids, settings)
     measured = now()
     cache.write("latency", key, {"rows": rows, "measured": measured})
     return rows, {"measured": measured, "reused": False}
@@ -961,13 +1130,17 @@ def _latency_problem(saved: Any, query_ids: list[str]) -> str | None:
 
 
 def _time_pipeline(
-    p: Pipeline, stage: FirstStage, collection: BeirCollection, query_ids: list[str], settings: RunSettings
+    p: Pipeline,
+    stage: FirstStage,
+    reranker: Reranker | None,
+    collection: BeirCollection,
+    query_ids: list[str],
+    settings: RunSettings,
 ) -> list[dict[str, Any]]:
     """Serve queries one at a time, uncached, and time each step, as a user's app would: the
     first stage's own steps (``FirstStage.timed_search``), the reranker's, and the total. A
     first stage that cannot be timed here (a run file) leaves only the reranker's step, and
     no total: what it cost its own system is not known."""
-    model = _reranker(p, settings.device) if p.reranker else None
     split = _passage_splitter(p, stage, collection)
     rows = []
     for q in query_ids:
@@ -976,20 +1149,23 @@ def _time_pipeline(
         t0 = time.perf_counter()
         timed = stage.timed_search(text, p.k)
         if timed is None:
-            if model is None:
+            if reranker is None:
                 return []  # nothing of this pipeline runs here
             hits = stage.retrieve([(q, text)], p.k)[0]
         else:
             hits, steps = timed
             row.update(steps)
         splitting = 0.0
-        if model is not None:
+        if reranker is not None:
             # A RAG system stores its passages: splitting them here is left out of the timings.
             t4 = time.perf_counter()
-            texts = [t for d, _ in hits for t in (split(d) if split else [collection.text(d)])]
+            candidates = [(d, t) for d, _ in hits for t in (split(d) if split else [collection.text(d)])]
             t5 = time.perf_counter()
             splitting = t5 - t4
-            score_pairs(model, [(text, t) for t in texts], batch_size=settings.batch_size, max_length=p.max_length)
+            if isinstance(reranker, PairScorer):
+                reranker.score([(text, t) for _, t in candidates])
+            else:
+                reranker.rerank(text, candidates)
             row["rerank"] = time.perf_counter() - t5
         if timed is not None:
             row["total"] = time.perf_counter() - t0 - splitting
@@ -1052,7 +1228,7 @@ def _latency_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def _meta(collection: BeirCollection, pipelines: list[Pipeline], settings: RunSettings) -> dict[str, Any]:
     from ragkit.models import CATALOGUE, model_revision
 
-    models = sorted({m for p in pipelines for m in (p.embedder, p.reranker) if m})
+    models = sorted({m for p in pipelines for m, _ in p.models()})
     return {
         "collection": collection.name,
         "split": collection.split,
@@ -1061,7 +1237,7 @@ def _meta(collection: BeirCollection, pipelines: list[Pipeline], settings: RunSe
         "n_queries": len(collection.queries),
         "n_docs": len(collection.corpus),
         # As JSON reads them back (tuples as lists), so a reused result's meta equals a fresh one's.
-        "pipelines": [json.loads(json.dumps({"name": p.name, **asdict(p)})) for p in pipelines],
+        "pipelines": [json.loads(json.dumps({"name": p.name, **p.fields()})) for p in pipelines],
         "baseline": pipelines[settings.baseline].name,
         "measures": list(settings.measures),
         "device": settings.device,
@@ -1078,6 +1254,7 @@ def _meta(collection: BeirCollection, pipelines: list[Pipeline], settings: RunSe
 
 __all__ = [
     "Pipeline",
+    "Rerank",
     "RunSettings",
     "experiment",
     "grid",

@@ -38,6 +38,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
 import warnings
@@ -232,9 +233,8 @@ def _score_and_measure(
     devices = None if devices is None else check_devices(devices)
     cross_encoder = _sentence_transformers_model(model)
     if batch_size is None:
-        # The devices doing the work decide. One batch size serves every worker, so a list
-        # with a CPU in it gets CPU-sized batches, which a GPU still runs, only more slowly.
-        batch_size = default_batch_size(model) if devices is None else min(map(rerank_batch_size, devices))
+        # The devices doing the work decide (settings.rerank_batch_size says how).
+        batch_size = rerank_batch_size(str(cross_encoder.device), devices)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
     pairs = [(str(q), str(p)) for q, p in pairs]
@@ -422,6 +422,87 @@ def reranking_retriever(
         model = reranker
     compressor = ScoredCrossEncoderReranker(model=model, top_n=top_n, **compressor_kwargs)
     return ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base_retriever)
+
+
+class CrossEncoderStage:
+    """A one-label cross-encoder as ragkit's engine reranks with it (a
+    :class:`ragkit.stages.PairScorer`): each (query, passage) pair scored on its own, by its
+    logit, through :func:`score_pairs`.
+
+    Args:
+        model_name: a Hub id or a local folder.
+        device: where it runs (resolved, e.g. ``"cpu"``).
+        dtype: the weights' precision (``settings.RERANK_DTYPES``).
+        batch_size: pairs per forward pass (default: ragkit's for the device).
+        max_length: tokens of a pair it reads (default: the model's maximum).
+
+    Its ``fingerprint`` (the key of its cached pair scores) covers the model and its revision,
+    the device, precision, maximum length and ragkit's scoring format.
+
+    Example::
+
+        stage = CrossEncoderStage("cross-encoder/ms-marco-MiniLM-L-12-v2", device="cpu")
+        stage.rerank("capital of France?", [("d1", "Bananas are yellow."), ("d2", "Paris is the capital.")])
+        # [('d2', 8.6...), ('d1', -11.2...)]
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        device: str,
+        dtype: str = "float32",
+        batch_size: int | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        from ragkit.cache import FORMATS, digest
+        from ragkit.provenance import model_state
+
+        self.model = load_reranker(model_name, device, dtype)
+        self.batch_size = batch_size or default_batch_size(self.model)
+        self.max_length = max_length
+        parts: list[Any] = [model_name, model_state(model_name), device, self.model.client.max_seq_length,
+                            FORMATS["scoring"], dtype]  # fmt: skip
+        if max_length is not None:  # only then: scores cached at the model's own length stay valid
+            parts.append(("max_length", max_length))
+        self.fingerprint = digest(*parts)
+
+    def score(self, pairs: Sequence[Pair], *, devices: Sequence[str] | None = None) -> np.ndarray:
+        """The logit of each pair (the ranking is decided on logits: their sigmoid rounds every
+        strong match to 1.0)."""
+        return score_pairs(
+            self.model, pairs, batch_size=self.batch_size, max_length=self.max_length, raw=True, devices=devices
+        )
+
+    def scoring_order(self, pairs: Sequence[Pair]) -> np.ndarray:
+        """Longest pair first, as :func:`score_pairs` batches them."""
+        return np.argsort(-token_lengths(self.model, pairs, self.max_length), kind="stable")
+
+    def truncated(self, pairs: Sequence[Pair]) -> np.ndarray:
+        """Which pairs are longer than the model reads."""
+        return truncation_mask(self.model, pairs, self.max_length)
+
+    def workers(self, devices: Sequence[str] | None) -> Any:
+        """The model's worker pool over ``devices`` for many :meth:`score` calls."""
+        return multi_process_pool(self.model, devices) if devices else contextlib.nullcontext()
+
+    def rerank(self, query: str, candidates: Sequence[tuple[str, str]]) -> list[tuple[str, float]]:
+        """``candidates`` (doc id, text) by descending logit; ties keep their given order."""
+        logits = self.score([(query, text) for _, text in candidates])
+        order = sorted(range(len(candidates)), key=lambda i: -logits[i])
+        return [(candidates[i][0], float(logits[i])) for i in order]
+
+    def as_compressor(self, top_n: int, *, raw_scores: bool = False) -> ScoredCrossEncoderReranker:
+        """The same model, batch size and length as LangChain's compressor, keeping ``top_n``."""
+        return ScoredCrossEncoderReranker(
+            model=self.model, top_n=top_n, batch_size=self.batch_size, max_length=self.max_length, raw_scores=raw_scores
+        )
+
+
+def build_cross_encoder(model: str, pipeline: Any, context: Any) -> CrossEncoderStage:
+    """The cross-encoder a pipeline names (``ragkit.registry`` builder)."""
+    return CrossEncoderStage(model, device=context.device, dtype=pipeline.reranker_dtype,
+                             batch_size=context.batch_size, max_length=pipeline.max_length)  # fmt: skip
 
 
 class RerankResult(NamedTuple):

@@ -12,6 +12,7 @@ and the tests read the same value. Environment variables override the paths:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -137,14 +138,17 @@ RERANK_BATCH_SIZE = {"cpu": 8, "gpu": 128}
 RERANK_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def rerank_batch_size(device: str) -> int:
-    """The default cross-encoder batch size on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+def rerank_batch_size(device: str, devices: Sequence[str] | None = None) -> int:
+    """The default cross-encoder batch size on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``...),
+    or, when worker processes score on ``devices``, the smallest of theirs: one batch size serves
+    every worker, and a GPU runs CPU-sized batches (only more slowly) where a CPU would crawl
+    through GPU-sized ones.
 
     Example:
-        >>> rerank_batch_size("cpu"), rerank_batch_size("cuda:0")
-        (8, 128)
+        >>> rerank_batch_size("cpu"), rerank_batch_size("cuda:0"), rerank_batch_size("cuda", ["cpu", "cuda:0"])
+        (8, 128, 8)
     """
-    return RERANK_BATCH_SIZE["cpu" if device == "cpu" else "gpu"]
+    return min(RERANK_BATCH_SIZE["cpu" if d == "cpu" else "gpu"] for d in (devices or [device]))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -46,7 +46,9 @@ class FirstStage(Protocol):
 
     Attributes:
         fingerprint: what identifies the stage's rankings (its index, model, options, or its
-            file's content); cached runs and timings are keyed by it.
+            file's content); cached runs and timings are keyed by it. ``None`` for a stage whose
+            identity ragkit cannot know (a user's retriever given no fingerprint): then nothing
+            it produces is cached.
         fills_depth: whether every query gets ``min(k, documents)`` hits (vector search
             always fills its depth; BM25 and a run file may return fewer).
         search_mode: how the stage searches when that can change its rankings without
@@ -54,7 +56,7 @@ class FirstStage(Protocol):
             ``()`` otherwise); part of the same keys.
     """
 
-    fingerprint: str
+    fingerprint: str | None
     fills_depth: bool
 
     @property
@@ -177,8 +179,9 @@ class StageKind:
 
     Attributes:
         name: the name pipelines use.
-        builder: ``"module:function"``, imported only when a stage of the kind is built; the
-            function takes ``(collection, pipeline, context)`` and returns a :class:`FirstStage`.
+        builder: ``"module:function"``, imported only when a stage of the kind is built (or
+            the function itself); it takes ``(collection, pipeline, context)`` and returns a
+            :class:`FirstStage`.
         options: the pipeline fields the kind reads; the others are reset to their defaults,
             so that they cannot make two pipelines differ.
         required: those of ``options`` that must be given.
@@ -190,7 +193,7 @@ class StageKind:
     """
 
     name: str
-    builder: str
+    builder: str | Callable[..., FirstStage]
     options: tuple[str, ...]
     required: tuple[str, ...]
     label: Callable[[Any], str]
@@ -212,7 +215,37 @@ class StageKind:
             _resolve(self.check)(collection, pipeline)
 
 
-def _resolve(reference: str) -> Callable[..., Any]:
+@dataclass(frozen=True)
+class RerankerKind:
+    """One family of reranker a pipeline can name (``Pipeline(reranker="<family>:<model>")``,
+    the family left out for a cross-encoder).
+
+    Attributes:
+        name: the family's name, the prefix pipelines use.
+        builder: ``"module:function"`` (imported only when a reranker of the family is built),
+            or the function; it takes ``(model, pipeline, context)`` and returns a
+            :class:`Reranker`.
+        model_kind: what its model is, for ``ragkit.models.check_model`` (``"cross-encoder"``,
+            ``"embedder"``); ``None`` when it names no model.
+        options: the reranker options of the pipeline the family reads (``reranker_dtype``,
+            ``max_length``); the others are reset to their defaults.
+        label: its name in tables, from the model.
+    """
+
+    name: str
+    builder: str | Callable[..., Reranker]
+    model_kind: str | None
+    options: tuple[str, ...]
+    label: Callable[[str], str]
+
+    def build(self, model: str | None, pipeline: Any, context: StageContext) -> Reranker:
+        """The reranker ``pipeline`` names."""
+        return _resolve(self.builder)(model, pipeline, context)
+
+
+def _resolve(reference: str | Callable[..., Any]) -> Callable[..., Any]:
+    if callable(reference):
+        return reference
     module, _, function = reference.partition(":")
     return getattr(importlib.import_module(module), function)
 
@@ -264,6 +297,38 @@ def check_hits(stage: str, hits: Any, corpus: Mapping[str, Any], n_queries: int,
     return hits
 
 
+def check_reranked(stage: str, ranked: Any, candidates: Sequence[str]) -> Ranked:
+    """``ranked`` if it is a ranking of some of ``candidates`` (doc ids), each once, with finite
+    scores, best first; else a :class:`RagkitError` naming the reranker.
+
+    Example:
+        >>> check_reranked("mine", [("b", 2.0), ("a", 1.0)], ["a", "b", "c"])
+        [('b', 2.0), ('a', 1.0)]
+    """
+    problem = None
+    if not isinstance(ranked, list) or not all(isinstance(r, tuple) and len(r) == 2 for r in ranked):
+        problem = "it is not a list of (doc id, score) pairs"
+    else:
+        known = set(candidates)
+        ids = [d for d, _ in ranked]
+        scores = [s for _, s in ranked]
+        unknown = [d for d in ids if d not in known]
+        if unknown:
+            problem = f"{len(unknown)} documents were not among its candidates (e.g. {unknown[0]!r})"
+        elif len(set(ids)) != len(ids):
+            problem = "a document comes twice"
+        elif any(isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) for s in scores):
+            problem = "a score is not a finite number"
+        elif scores != sorted(scores, reverse=True):
+            problem = "its scores are not in descending order"
+    if problem is not None:
+        raise RagkitError(
+            f"Reranker {stage} returned a ranking ragkit cannot evaluate: {problem}. A reranker must return some of "
+            "the candidates it was given, each once, with finite scores, best first (see ragkit.stages.Reranker)."
+        )
+    return ranked
+
+
 __all__ = [
     "FirstStage",
     "Hits",
@@ -271,11 +336,13 @@ __all__ = [
     "Query",
     "Ranked",
     "Reranker",
+    "RerankerKind",
     "SearchesByText",
     "StageContext",
     "StageKind",
     "StageSource",
     "check_hits",
+    "check_reranked",
     "hits_problem",
     "short_name",
 ]

@@ -138,18 +138,18 @@ def demo():
 
 @pytest.fixture()
 def scored_pairs(monkeypatch) -> list[int]:
-    """How many pairs the evaluation engine sends to the cross-encoder, call by call (a spy on
-    the collaborator, which still scores them)."""
-    import ragkit.evaluate as evaluate
+    """How many pairs the evaluation engine has the cross-encoder score, call by call (a spy on
+    the one function every cross-encoder score comes from, which still scores them)."""
+    import ragkit.rerank as rerank
 
     counts: list[int] = []
-    real = evaluate.score_pairs
+    real = rerank.score_pairs
 
     def spy(model, pairs, **kwargs):
         counts.append(len(pairs))
         return real(model, pairs, **kwargs)
 
-    monkeypatch.setattr(evaluate, "score_pairs", spy)
+    monkeypatch.setattr(rerank, "score_pairs", spy)
     return counts
 
 

@@ -167,16 +167,17 @@ def test_a_run_killed_mid_scoring_resumes_where_it_stopped(
     script = f"""
 import os, signal
 import ragkit.evaluate as evaluate
+import ragkit.rerank as rerank
 from ragkit import load_beir
 from ragkit.evaluate import Pipeline, experiment
 evaluate.SCORE_CHUNK = 32
-real, calls = evaluate.score_pairs, []
+real, calls = rerank.score_pairs, []
 def dying(model, pairs, **kwargs):
     calls.append(len(pairs))
     if len(calls) == 4:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(model, pairs, **kwargs)
-evaluate.score_pairs = dying
+rerank.score_pairs = dying
 experiment(load_beir("demo"), [Pipeline(embedder={tiny_embedder_path!r}, reranker={spread_cross_encoder_path!r},
            k=40)], latency_queries=0, show_progress=False, n_resamples=50, batch_size=8)
 """

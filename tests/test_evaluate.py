@@ -10,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import ragkit.evaluate as evaluate
 import ragkit.retrievers as retrievers
 from ragkit import load_beir
 from ragkit.cli import main
@@ -18,6 +17,7 @@ from ragkit.errors import RagkitError
 from ragkit.evaluate import Pipeline, experiment, grid
 from ragkit.report import markdown_summary, write_report
 from ragkit.results import slug
+from ragkit.stages import StageContext
 
 
 @pytest.fixture()
@@ -174,7 +174,8 @@ def test_reranker_precision_is_part_of_the_pipeline_and_of_its_cached_scores(
             [tiny_embedder_path], [None, tiny_cross_encoder_path], [5], reranker_dtypes=["float32", "bfloat16"]
         )
     ] == ["float32", "float32", "bfloat16"]
-    assert str(evaluate._reranker(bf16, "cpu").client.model.dtype) == "torch.bfloat16"
+    built = bf16.reranker_family.build(bf16.reranker_model, bf16, StageContext("cpu", False, None, None, None))
+    assert str(built.model.client.model.dtype) == "torch.bfloat16"
     result = experiment(demo, [fp32, bf16], latency_queries=0, show_progress=False, n_resamples=50)
     assert sum(scored_pairs) == 2 * 5 * len(demo.queries)  # bf16 never reads fp32's cached scores
     diffs = [
