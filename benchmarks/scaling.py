@@ -296,7 +296,7 @@ def _import_chroma() -> None:
 
 def _open_store(directory: Path, size: int) -> tuple[Any, Any, Any]:
     """The client, LangChain store and embedding-free collection handle, made as
-    ``ragkit.retrievers._persistent_index`` makes them for ``size`` vectors (same settings,
+    ``ragkit.retrievers._chroma_index`` makes them for ``size`` vectors (same settings,
     same configuration)."""
     import chromadb
     from langchain_chroma import Chroma

@@ -1260,132 +1260,164 @@ def _build_lock(directory: Path) -> Iterator[None]:
             return
 
 
-def _persistent_index(
-    directory: Path,
+@contextlib.contextmanager
+def _as_disk_full(directory: Path | None) -> Iterator[None]:
+    """Raise an error saying that the disk of an embedded index (in ``directory``) is full as
+    ``_DiskFull``, which the build turns into its advice. A server's errors pass as they are."""
+    try:
+        yield
+    except _DiskFull:
+        raise
+    except Exception as exc:
+        if directory is not None and _is_disk_full(exc):
+            raise _DiskFull(None, None, _first_line(exc)) from exc
+        raise
+
+
+@contextlib.contextmanager
+def _as_damage(directory: Path | None, what: str, *, rebuild_helps: bool = True) -> Iterator[None]:
+    """Raise an error of Chroma's on an embedded index (in ``directory``) as ``_DamagedIndex``
+    saying that ``what`` failed. A server's errors pass as they are: an unreachable or
+    refusing server says nothing about the collection it holds."""
+    try:
+        yield
+    except _DiskFull:
+        raise
+    except Exception as exc:
+        if directory is None:
+            raise
+        raise _DamagedIndex([f"{what} ({_first_line(exc)})"], rebuild_helps=rebuild_helps) from exc
+
+
+def _chroma_index(
     records: list[_Record],
     embeddings: Embeddings,
     fingerprint: str,
     name: str,
     *,
+    client: Any = None,
+    directory: Path | None = None,
     chunk_size: int | None,
     batch_size: int,
     rebuild: bool,
     show_progress: bool,
     devices: Sequence[str] | None = None,
 ) -> ChromaIndex:
-    """Open (and check), complete or build the index in ``directory``; a failed check raises
-    ``_DamagedIndex``, which the caller turns into a rebuild or an error; a full disk raises
-    ``_DiskFull``."""
+    """Open (and check), complete or build the index in collection ``name``: the one path of
+    a server's ``client`` and of the embedded Chroma in ``directory`` (give one of the two).
+
+    A collection is reused when its marker says complete, it holds every record and its probe
+    passes; otherwise what it lacks is embedded and added (:func:`_complete`), and it is
+    sealed (:func:`_seal`). Only a folder has files to check: its ``chroma.sqlite3`` must pass
+    SQLite's check before Chroma opens it, its segment files must match their digests in
+    ``ragkit-index.json`` before Chroma loads them (:func:`_checked_entry`), the probe is the
+    one recorded there, and a build is saved whole to disk (:func:`_save_log`) so that its
+    files can be digested. A server's collection carries its probe in its marker.
+
+    A failed check raises ``_DamagedIndex``, which the callers turn into a rebuild or an
+    error. In a folder, a full disk raises ``_DiskFull``, and Chroma failing to open, count or
+    probe the index is damage; a server's errors pass as they are.
+    """
+    import chromadb
+
     embedder_name = embeddings.model_name  # type: ignore[attr-defined]
-    if (directory / "chroma.sqlite3").exists():
+    if directory is not None and (directory / "chroma.sqlite3").exists():
         problem = _sqlite_problem(directory)
         if problem:
             raise _DamagedIndex([problem], rebuild_helps=False)
     marker = _marker(fingerprint, len(records), False, embedder_name, chunk_size)
     # None of these calls touches the HNSW segment (collection metadata comes from SQLite; a
     # count or a search would load it), so damaged segment files are found below first.
-    try:
-        client, store = _open_persistent(directory, name, embeddings, marker, len(records))
+    # rebuild=True cannot mend a database Chroma cannot open: it goes through Chroma too.
+    with _as_damage(directory, "Chroma cannot open it", rebuild_helps=False), _as_disk_full(directory):
+        if directory is not None:
+            client = chromadb.PersistentClient(path=str(directory), settings=chroma_settings())
+        store = _store(client, name, embeddings, marker, len(records))
         if rebuild:
             store.reset_collection()  # recreated empty, with the marker and configuration given above
-            _write_record(directory, name, None)
+            if directory is not None:
+                _write_record(directory, name, None)
         collection = client.get_collection(name, embedding_function=None)
         found = dict(collection.metadata or {})
-    except Exception as exc:
-        if _is_disk_full(exc):
-            raise _DiskFull(None, None, _first_line(exc)) from exc
-        raise _DamagedIndex([f"Chroma cannot open it ({_first_line(exc)})"], rebuild_helps=False) from exc
     if found.get("ragkit_fingerprint") != fingerprint:
+        where = "" if directory is None else f" in {directory}"
         raise RagkitError(
-            f"Collection {name!r} in {directory} holds another index (fingerprint "
-            f"{found.get('ragkit_fingerprint')!r}, not {fingerprint!r}): different documents, embedder or splitting, "
-            "or an index built by an older ragkit. Pick another collection_name, or pass rebuild=True to replace it."
+            f"Collection {name!r}{where} holds another index (fingerprint {found.get('ragkit_fingerprint')!r}, not "
+            f"{fingerprint!r}): different documents, embedder or splitting, or an index built by an older ragkit. "
+            "Pick another collection_name, or pass rebuild=True to replace it."
         )
-    record, problem = _read_record(directory)
-    entry = (record or {}).get("collections", {}).get(name)
-    if entry is not None and entry["fingerprint"] != fingerprint:
-        entry = None
-    changed = False
-    if found.get("ragkit_complete"):
-        if problem:
-            raise _DamagedIndex([problem])
-        if entry is None:
-            raise _DamagedIndex(
-                [
-                    f"{INDEX_RECORD} has no record of collection {name!r}, so its files cannot be "
-                    "checked before Chroma loads them"
-                ]
-            )
-    if entry is not None:
-        problems = _file_problems(directory, entry["files"])
-        if problems and _changed_through_chroma(directory, entry):
-            # A delete or an add through Chroma's own API since the build: not damage. Its count
-            # says what is missing; the index is completed and recorded again below.
-            log.warning(
-                "Chroma index %s in %s was changed through Chroma since ragkit built it; checking its contents again.",
-                name,
-                directory,
-            )
-            changed = True
-        elif problems:
-            raise _DamagedIndex(problems)  # before anything loads the damaged files
-    try:
+    complete = bool(found.get("ragkit_complete"))
+    entry, changed = (None, False) if directory is None else _checked_entry(directory, name, fingerprint, complete)
+    with _as_damage(directory, "Chroma cannot count its vectors"):
         count = collection.count()  # loads the HNSW segment: only now that its files checked out
-    except Exception as exc:
-        raise _DamagedIndex([f"Chroma cannot count its vectors ({_first_line(exc)})"]) from exc
-    if found.get("ragkit_complete") and not changed and count == len(records):
-        try:
-            problems = _probe_problems(collection, entry["probe"], count)
-        except Exception as exc:
-            problems = [f"the probe search failed ({_first_line(exc)})"]
+    if complete and not changed and count == len(records):
+        # A folder's probe is its record's, checked with its files; a server's is in its marker.
+        probe = _marker_probe(found, records) if entry is None else entry["probe"]
+        with _as_damage(directory, "the probe search failed"):
+            problems = _probe_problems(collection, probe, count)
         if problems:
             raise _DamagedIndex(problems)
         log.info("Reusing Chroma index %s (%d vectors, %s).", name, len(records), embedder_name)
     else:
         # A build that stopped part-way, or a collection changed through Chroma since: what it
-        # holds is taken from Chroma, as before, completed, then recorded again. Its old entry
-        # goes first, so a completion stopped half-way is never checked against it.
-        try:
-            _write_record(directory, name, None)
+        # holds is taken from Chroma, as before, completed, then recorded again. A folder's old
+        # entry goes first, so a completion stopped half-way is never checked against it.
+        with _as_disk_full(directory):
+            if directory is not None:
+                _write_record(directory, name, None)
             _complete(store, client, collection, records, embedder_name, batch_size, show_progress, devices, directory)
-            if _unsaved(directory, str(collection.id)):
-                client, store = _save_log(directory, name, embeddings, marker, len(records))
-            unsaved = _unsaved(directory, str(collection.id))
-            if unsaved:
-                raise RagkitError(
-                    f"Chroma left {unsaved} vectors of collection {name!r} in {directory} out of its saved HNSW "
-                    "index after building it, so its files cannot be digested. Delete that folder and run again; "
-                    "report this, with chromadb's version, if it happens again."
-                )
+            if directory is not None:
+                client, store = _save_log(directory, collection, client, store, embeddings, marker, len(records))
             _seal(client, name, records, fingerprint, embedder_name, chunk_size, directory)
-        except _DiskFull:
-            raise
-        except Exception as exc:
-            if _is_disk_full(exc):
-                raise _DiskFull(None, None, _first_line(exc)) from exc
-            raise
     return ChromaIndex(
         store, client, embeddings, fingerprint, chunk_size=chunk_size, collection_name=name, persist_directory=directory
     )
 
 
-def _open_persistent(
-    directory: Path, name: str, embeddings: Embeddings, marker: dict[str, Any], total: int
-) -> tuple[Any, Any]:
-    """A client on ``directory`` and the LangChain store of collection ``name``, created
-    (with ``marker`` and ragkit's HNSW configuration for ``total`` vectors) if it is new."""
-    import chromadb
+def _store(client: Any, name: str, embeddings: Embeddings, marker: dict[str, Any], total: int) -> Any:
+    """The LangChain store of collection ``name`` on ``client``, the collection created (with
+    ``marker`` and ragkit's HNSW configuration for ``total`` vectors) if it is new."""
     from langchain_chroma import Chroma
 
-    client = chromadb.PersistentClient(path=str(directory), settings=chroma_settings())
-    store = Chroma(
+    return Chroma(
         collection_name=name,
         embedding_function=embeddings,
         client=client,
         collection_metadata=marker,
         collection_configuration={"hnsw": {**HNSW, **_persistence(total, client.get_max_batch_size())}},
     )
-    return client, store
+
+
+def _checked_entry(directory: Path, name: str, fingerprint: str, complete: bool) -> tuple[dict[str, Any] | None, bool]:
+    """Collection ``name``'s entry in the record in ``directory`` (``None`` when it has none
+    of this fingerprint), with its segment files checked against the entry before Chroma may
+    load them, and whether Chroma itself changed those files since (not damage: the index is
+    then completed and recorded again). A collection marked ``complete`` must have an entry.
+    Raises ``_DamagedIndex``."""
+    record, problem = _read_record(directory)
+    entry = (record or {}).get("collections", {}).get(name)
+    if entry is not None and entry["fingerprint"] != fingerprint:
+        entry = None
+    if complete and problem:
+        raise _DamagedIndex([problem])
+    if complete and entry is None:
+        why = "so its files cannot be checked before Chroma loads them"
+        raise _DamagedIndex([f"{INDEX_RECORD} has no record of collection {name!r}, {why}"])
+    if entry is None:
+        return None, False
+    problems = _file_problems(directory, entry["files"])
+    if problems and _changed_through_chroma(directory, entry):
+        # A delete or an add through Chroma's own API since the build: not damage. Its count
+        # says what is missing.
+        log.warning(
+            "Chroma index %s in %s was changed through Chroma since ragkit built it; checking its contents again.",
+            name,
+            directory,
+        )
+        return entry, True
+    if problems:
+        raise _DamagedIndex(problems)  # before anything loads the damaged files
+    return entry, False
 
 
 def _unsaved(directory: Path, collection_id: str) -> int | None:
@@ -1401,77 +1433,42 @@ def _unsaved(directory: Path, collection_id: str) -> int | None:
 
 
 def _save_log(
-    directory: Path, name: str, embeddings: Embeddings, marker: dict[str, Any], total: int
+    directory: Path,
+    collection: Any,
+    client: Any,
+    store: Any,
+    embeddings: Embeddings,
+    marker: dict[str, Any],
+    total: int,
 ) -> tuple[Any, Any]:
-    """Make Chroma save what its log holds beyond its saved HNSW index (a build completed
-    from a part-way one can end between saves): a collection's sync threshold is read when
-    Chroma opens it, so it is lowered to 1, the collection reopened, and loading it (a
-    count) replays the log into a save. Returns the new client and store."""
+    """The client and store of the index just built in ``directory`` once its saved HNSW index
+    holds all of Chroma's log for ``collection``, so that its files are the whole index and can
+    be digested.
+
+    A build completed from a part-way one can end between saves. Chroma reads a collection's
+    sync threshold when it opens it, so it is lowered to 1, the collection reopened, and
+    loading it (a count) replays the log into a save: the client and store are then new ones."""
     import chromadb
 
-    log.info("Saving the rest of Chroma's log into the HNSW index of %s in %s.", name, directory)
-    client = chromadb.PersistentClient(path=str(directory), settings=chroma_settings())
-    client.get_collection(name, embedding_function=None).modify(
-        configuration={"hnsw": {"sync_threshold": 1, "batch_size": 1}}
-    )
-    _release_chroma(directory)
-    client, store = _open_persistent(directory, name, embeddings, marker, total)
-    client.get_collection(name, embedding_function=None).count()
-    return client, store
-
-
-def _client_index(
-    client: Any,
-    records: list[_Record],
-    embeddings: Embeddings,
-    fingerprint: str,
-    name: str,
-    *,
-    chunk_size: int | None,
-    batch_size: int,
-    rebuild: bool,
-    show_progress: bool,
-    devices: Sequence[str] | None = None,
-) -> ChromaIndex:
-    """Open (and probe), complete or build the index in a client's collection (no files)."""
-    from langchain_chroma import Chroma
-
-    embedder_name = embeddings.model_name  # type: ignore[attr-defined]
-    marker = _marker(fingerprint, len(records), False, embedder_name, chunk_size)
-    store = Chroma(
-        collection_name=name,
-        embedding_function=embeddings,
-        client=client,
-        collection_metadata=marker,
-        collection_configuration={"hnsw": {**HNSW, **_persistence(len(records), client.get_max_batch_size())}},
-    )
-    if rebuild:
-        store.reset_collection()
-    collection = client.get_collection(name, embedding_function=None)
-    found = dict(collection.metadata or {})
-    if found.get("ragkit_fingerprint") != fingerprint:
-        raise RagkitError(
-            f"Collection {name!r} holds another index (fingerprint {found.get('ragkit_fingerprint')!r}, not "
-            f"{fingerprint!r}): different documents, embedder or splitting, or an index built by an older ragkit. "
-            "Pick another collection_name, or pass rebuild=True to replace it."
+    name, collection_id = collection.name, str(collection.id)
+    if _unsaved(directory, collection_id):
+        log.info("Saving the rest of Chroma's log into the HNSW index of %s in %s.", name, directory)
+        client = chromadb.PersistentClient(path=str(directory), settings=chroma_settings())
+        client.get_collection(name, embedding_function=None).modify(
+            configuration={"hnsw": {"sync_threshold": 1, "batch_size": 1}}
         )
-    count = collection.count()
-    if found.get("ragkit_complete") and count == len(records):
-        problems = _probe_problems(collection, _marker_probe(found, records), count)
-        if problems:
-            log.warning("Chroma collection %s failed its probe: %s.", name, "; ".join(problems))
-            raise CacheError(
-                f"Chroma collection {name!r} on the client you passed failed its check before reuse: "
-                f"{'; '.join(problems)}. ragkit does not replace a collection in storage you manage unless asked: "
-                "pass rebuild=True to build it again."
-            )
-        log.info("Reusing Chroma index %s (%d vectors, %s).", name, len(records), embedder_name)
-    else:
-        _complete(store, client, collection, records, embedder_name, batch_size, show_progress, devices)
-        _seal(client, name, records, fingerprint, embedder_name, chunk_size, None)
-    return ChromaIndex(
-        store, client, embeddings, fingerprint, chunk_size=chunk_size, collection_name=name, persist_directory=None
-    )
+        _release_chroma(directory)
+        client = chromadb.PersistentClient(path=str(directory), settings=chroma_settings())
+        store = _store(client, name, embeddings, marker, total)
+        client.get_collection(name, embedding_function=None).count()
+    unsaved = _unsaved(directory, collection_id)
+    if unsaved:
+        raise RagkitError(
+            f"Chroma left {unsaved} vectors of collection {name!r} in {directory} out of its saved HNSW index after "
+            "building it, so its files cannot be digested. Delete that folder and run again; report this, with "
+            "chromadb's version, if it happens again."
+        )
+    return client, store
 
 
 def build_chroma_index(
@@ -1585,7 +1582,15 @@ def build_chroma_index(
     options = {"chunk_size": chunk_size, "batch_size": batch_size, "show_progress": show_progress, "devices": devices}
 
     if client is not None:
-        return _client_index(client, records, embeddings, fingerprint, name, rebuild=rebuild, **options)
+        try:
+            return _chroma_index(records, embeddings, fingerprint, name, client=client, rebuild=rebuild, **options)
+        except _DamagedIndex as damage:  # only the probe checks a server's collection
+            log.warning("Chroma collection %s failed its probe: %s.", name, damage)
+            raise CacheError(
+                f"Chroma collection {name!r} on the client you passed failed its check before reuse: {damage}. "
+                "ragkit does not replace a collection in storage you manage unless asked: pass rebuild=True to "
+                "build it again."
+            ) from damage
 
     ours = persist_directory is None  # a folder in ragkit's cache, which ragkit may delete
     directory = Path(persist_directory) if persist_directory is not None else cache_dir() / "chroma" / fingerprint
@@ -1617,7 +1622,7 @@ def _locked_build(
     """Reuse, complete or build the index in ``directory`` while holding its build lock:
     nothing else builds or deletes it meanwhile. ``ours``: a folder of ragkit's cache."""
     try:
-        return _persistent_index(directory, records, embeddings, fingerprint, name, rebuild=rebuild, **options)
+        return _chroma_index(records, embeddings, fingerprint, name, directory=directory, rebuild=rebuild, **options)
     except _DamagedIndex as damage:
         what = "; ".join(damage.problems)
         if not ours:
@@ -1640,7 +1645,7 @@ def _locked_build(
         )
     _discard(directory)
     try:
-        return _persistent_index(directory, records, embeddings, fingerprint, name, rebuild=False, **options)
+        return _chroma_index(records, embeddings, fingerprint, name, directory=directory, rebuild=False, **options)
     except _DamagedIndex as damage:  # a fresh build that fails its own check: nothing more to try
         raise CacheError(
             f"The Chroma index rebuilt in {directory} failed its check: {damage}. Delete that folder "
