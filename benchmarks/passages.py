@@ -37,7 +37,7 @@ from ragkit.evaluate import pool
 from ragkit.provenance import device_description, machine_state, now, versions
 from ragkit.rerank import load_reranker, token_lengths
 from ragkit.results import markdown_table
-from ragkit.retrievers import passages, text_splitter
+from ragkit.retrievers import passage_splitter
 from ragkit.settings import DEFAULT_EMBEDDER, DEFAULT_RERANKER
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -60,13 +60,21 @@ def tokens_read(result: Any, collection: Any, p: Pipeline) -> int:
     """The tokens a reranked pipeline's cross-encoder reads over all queries: every (query,
     passage) pair of its top k candidates, each cut to its max_length. What a forward pass costs
     grows with it, on any machine."""
-    split = text_splitter(p.chunk_size, p.chunk_overlap) if p.chunk_size else None
+    # The index's own passages (tokens, FirstP and all), as the engine reranks them.
+    split = passage_splitter(
+        collection,
+        chunk_size=p.chunk_size,
+        chunk_overlap=p.chunk_overlap,
+        chunk_unit=p.chunk_unit,
+        passage_score=p.passage_score,
+        embeddings=p.embedder,
+    )
     first_stage = result.runs[p.own_first_stage().name]
     pairs = [
         (collection.queries[q], text)
         for q in collection.queries
         for d in list(first_stage[q])[: p.k]
-        for text in (passages(collection.text(d), split) if split else [collection.text(d)])
+        for text in (split(d) if split else [collection.text(d)])
     ]
     return int(token_lengths(load_reranker(p.reranker, "cpu"), pairs, p.max_length).sum())
 

@@ -856,20 +856,16 @@ def _truncation(
 def _passage_splitter(p: Pipeline, stage: Any, collection: BeirCollection) -> Any:
     """For a passage pipeline, doc id -> its passages, split as its index split them (and
     remembered: a document reranked for many queries is split once); else ``None``."""
-    if p.chunk_size is None:
-        return None
-    from ragkit.retrievers import embedder_tokenizer, passages, text_splitter
+    from ragkit.retrievers import passage_splitter
 
-    tokenizer = embedder_tokenizer(stage.embeddings) if p.chunk_unit == "tokens" else None
-    splitter = text_splitter(p.chunk_size, p.chunk_overlap, tokenizer=tokenizer)
-    memo: dict[str, list[str]] = {}
-
-    def split(doc_id: str) -> list[str]:
-        if doc_id not in memo:
-            memo[doc_id] = passages(collection.text(doc_id), splitter, first_only=p.passage_score == "firstp")
-        return memo[doc_id]
-
-    return split
+    return passage_splitter(
+        collection,
+        chunk_size=p.chunk_size,
+        chunk_overlap=p.chunk_overlap,
+        chunk_unit=p.chunk_unit,
+        passage_score=p.passage_score,
+        embeddings=getattr(stage, "embeddings", None),  # the index's embedder: its tokens when chunk_unit="tokens"
+    )
 
 
 def _build_reranker(p: Pipeline, context: StageContext) -> Reranker:

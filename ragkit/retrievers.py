@@ -8,7 +8,9 @@ and a BM25 retriever, each queryable two ways.
   ``(doc_id, score)`` pairs per query, one entry per document even when documents were split
   into chunks (a document scores as its best chunk).
 
-Dense scores are cosine similarities (``1 - cosine distance``); BM25 scores are BM25's.
+Dense scores are cosine similarities (``1 - cosine distance``); BM25 scores are BM25's. On a
+chunked index, :func:`passage_splitter` gives a document's passages exactly as the index split
+them: what a reranker scoring passages should read.
 
 A persisted index is checked before it is reused (:func:`build_chroma_index`): SQLite's
 integrity check on ``chroma.sqlite3``, a digest of the HNSW segment files that ragkit records
@@ -38,10 +40,10 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -63,9 +65,13 @@ from ragkit.settings import (
     DEFAULT_RERANK_K,
     EXACT_SEARCH_MAX_VECTORS,
     INDEX_BATCH_SIZE,
+    PASSAGE_SCORES,
     cache_dir,
 )
 from ragkit.stages import Hits, Ranked, SearchesByText, StageContext
+
+if TYPE_CHECKING:
+    from ragkit.data import BeirCollection
 
 log = logging.getLogger("ragkit")
 
@@ -292,30 +298,105 @@ def embedder_tokenizer(embeddings: Embeddings) -> Any:
     )
 
 
-def _records(
-    documents: Sequence[Document],
+def passage_splitter(
+    collection: BeirCollection,
+    *,
+    chunk_size: int | None,
+    chunk_overlap: int = CHUNK_OVERLAP,
+    chunk_unit: str = "chars",
+    passage_score: str = "maxp",
+    embeddings: Embeddings | str | None = None,
+) -> Callable[[str], list[str]] | None:
+    """Doc id -> its passages, exactly as :func:`build_chroma_index` splits the documents of
+    ``collection`` with the same options (``passage_score="firstp"`` is its
+    ``first_passage_only=True``: only each document's first passage); ``None`` for whole
+    documents (``chunk_size=None``). Each document is split once and remembered, since one
+    document is reranked for many queries.
+
+    Whatever reads passages beside the index (a cross-encoder scoring (query, passage) pairs,
+    a count of the tokens it reads) should take them from here, so that they are the index's.
+
+    Args:
+        collection: the documents, read by ``collection.text(doc_id)``.
+        chunk_size, chunk_overlap, chunk_unit: as :func:`build_chroma_index` takes them.
+        passage_score: ``"maxp"`` (every passage) or ``"firstp"`` (the first only).
+        embeddings: the embedder whose tokens ``chunk_unit="tokens"`` counts (an ``Embeddings``,
+            or a model name, loaded by ``HuggingFaceEmbeddingsLoader`` and so its cached
+            instance when there is one); not needed for characters.
+
+    Example:
+        >>> from ragkit.data import load_beir
+        >>> split = passage_splitter(load_beir("demo"), chunk_size=120, chunk_overlap=20)
+        >>> [len(p) <= 120 for p in split("d05")]
+        [True, True]
+        >>> first = passage_splitter(load_beir("demo"), chunk_size=120, chunk_overlap=20, passage_score="firstp")
+        >>> first("d05") == split("d05")[:1]
+        True
+        >>> passage_splitter(load_beir("demo"), chunk_size=None) is None
+        True
+    """
+    if passage_score not in PASSAGE_SCORES:
+        raise ConfigError(f"passage_score must be one of {', '.join(PASSAGE_SCORES)}, got {passage_score!r}.")
+    check_chunking(chunk_size, chunk_overlap, chunk_unit)
+    split = _text_splitting(chunk_size, chunk_overlap, chunk_unit, passage_score == "firstp", embeddings)
+    if split is None:
+        return None
+    memo: dict[str, list[str]] = {}
+
+    def split_document(doc_id: str) -> list[str]:
+        if doc_id not in memo:
+            memo[doc_id] = split(collection.text(doc_id))
+        return memo[doc_id]
+
+    return split_document
+
+
+def _text_splitting(
     chunk_size: int | None,
     chunk_overlap: int,
-    *,
-    tokenizer: Any = None,
-    first_only: bool = False,
-) -> list[_Record]:
-    """One record per document, or per chunk (ids ``<doc_id>#<n>``) when ``chunk_size`` is set
-    (only each document's first chunk with ``first_only``; tokens of ``tokenizer`` if given)."""
+    chunk_unit: str,
+    first_only: bool,
+    embeddings: Embeddings | str | None,
+) -> Callable[[str], list[str]] | None:
+    """Text -> its passages (``None`` for whole documents): the one decision of how ragkit
+    splits, which the index's records (:func:`_records`) and :func:`passage_splitter` share,
+    so that what a reranker reads is what the index stores."""
+    if chunk_size is None:
+        return None
+    tokenizer = None
+    if chunk_unit == "tokens":
+        if embeddings is None:
+            raise ConfigError(
+                "chunk_unit='tokens' counts an embedder's tokens: pass embeddings= (the index's embedder, or its "
+                "model name)."
+            )
+        if isinstance(embeddings, str):
+            embeddings = HuggingFaceEmbeddingsLoader(embeddings)
+        tokenizer = embedder_tokenizer(embeddings)
+    splitter = text_splitter(chunk_size, chunk_overlap, tokenizer=tokenizer)
+
+    def split(text: str) -> list[str]:
+        return passages(text, splitter, first_only=first_only)
+
+    return split
+
+
+def _records(documents: Sequence[Document], split: Callable[[str], list[str]] | None) -> list[_Record]:
+    """One record per document, or, given ``split`` (see :func:`_text_splitting`), one per
+    passage, with ids ``<doc_id>#<n>``."""
     if not documents:
         raise ConfigError("No documents to index: pass a non-empty list of LangChain Documents.")
     ids = [_doc_id(doc, i) for i, doc in enumerate(documents)]
     if len(set(ids)) != len(ids):
         dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
         raise ConfigError(f"Duplicate document ids {dupes}: each Document needs its own metadata['doc_id'].")
-    splitter = None if chunk_size is None else text_splitter(chunk_size, chunk_overlap, tokenizer=tokenizer)
     records = []
     for doc_id, doc in zip(ids, documents):
         metadata = {**_scalar_metadata(doc.metadata), "doc_id": doc_id}
-        if splitter is None:
+        if split is None:
             records.append(_Record(doc_id, doc.page_content, metadata))
             continue
-        chunks = passages(doc.page_content, splitter, first_only=first_only)
+        chunks = split(doc.page_content)
         records += [_Record(f"{doc_id}#{n}", chunk, {**metadata, "chunk": n}) for n, chunk in enumerate(chunks)]
     return records
 
@@ -1566,8 +1647,8 @@ def build_chroma_index(
         )
     else:
         embeddings = embedder
-    tokenizer = embedder_tokenizer(embeddings) if chunk_size is not None and chunk_unit == "tokens" else None
-    records = _records(documents, chunk_size, chunk_overlap, tokenizer=tokenizer, first_only=first_passage_only)
+    split = _text_splitting(chunk_size, chunk_overlap, chunk_unit, first_passage_only, embeddings)
+    records = _records(documents, split)
     splitting = (
         None
         if chunk_size is None
@@ -1763,7 +1844,7 @@ class BM25Retriever(SearchesByText, BaseRetriever):
     ) -> BM25Retriever:
         """Index whole documents (``page_content``) under their ``metadata["doc_id"]``."""
         _check_k(k)
-        records = _records(documents, None, 0)
+        records = _records(documents, None)
         digest = hashlib.sha256(json.dumps({"bm25": "ragkit.bm25", "k1": k1, "b": b}, sort_keys=True).encode())
         for record in sorted(records, key=lambda r: r.id):
             digest.update(f"{record.id}\x00{record.text}\x00".encode())

@@ -4,6 +4,11 @@ cross-encoder's max_length with the share of pairs it truncates."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 
 from ragkit import Pipeline, experiment, grid
@@ -68,6 +73,51 @@ def test_a_document_scores_as_its_best_or_first_passage(
         assert set(reranked) == set(candidates)
         assert reranked == sorted(candidates, key=lambda d: -expected[d])  # distinct logits: one order
     assert split_some  # the test means something only if documents really were split
+
+
+@pytest.fixture(scope="module")
+def passages_benchmark():
+    """benchmarks/passages.py as a module (it is a script, not part of the package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "passages.py"
+    spec = importlib.util.spec_from_file_location("passages_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("chunk_unit, chunk_size, chunk_overlap", [("chars", 120, 20), ("tokens", 24, 4)])
+@pytest.mark.parametrize("passage_score", ["maxp", "firstp"])
+def test_the_engine_the_index_and_the_passage_benchmark_split_documents_alike(
+    demo, tiny_embedder_path, cache, passages_benchmark, monkeypatch, chunk_unit, chunk_size, chunk_overlap,
+    passage_score
+):  # fmt: skip
+    from ragkit.evaluate import _passage_splitter
+    from ragkit.retrievers import build_dense_stage
+    from ragkit.stages import StageContext
+
+    p = Pipeline(embedder=tiny_embedder_path, reranker="x", k=len(demo.corpus), chunk_size=chunk_size,
+                 chunk_overlap=chunk_overlap, chunk_unit=chunk_unit, passage_score=passage_score)  # fmt: skip
+    index = build_dense_stage(demo, p.own_first_stage(), StageContext("cpu", False, None, None, None))
+    stored = index._collection.get(include=["documents", "metadatas"])
+    indexed: dict[str, list[str]] = {d: [] for d in demo.corpus}  # each document's passages, in order
+    for meta, text in sorted(zip(stored["metadatas"], stored["documents"]), key=lambda r: r[0]["chunk"]):
+        indexed[meta["doc_id"]].append(text)
+    if passage_score == "firstp":  # FirstP must have left something out, or the test shows nothing
+        assert all(len(t) == 1 for t in indexed.values()) and any(t[0] != demo.text(d) for d, t in indexed.items())
+    else:
+        assert any(len(t) > 1 for t in indexed.values())
+
+    engine = _passage_splitter(p, index, demo)  # what the reranker scores
+    assert {d: engine(d) for d in demo.corpus} == indexed
+
+    # What benchmarks/passages.py counts the cross-encoder's tokens over: every candidate's passages.
+    pairs: list[tuple[str, str]] = []
+    monkeypatch.setattr(passages_benchmark, "load_reranker", lambda name, device: None)
+    monkeypatch.setattr(passages_benchmark, "token_lengths",
+                        lambda model, batch, max_length: pairs.extend(batch) or np.zeros(len(batch)))  # fmt: skip
+    everything = {q: dict.fromkeys(demo.corpus, 0.0) for q in demo.queries}  # every document a candidate
+    passages_benchmark.tokens_read(SimpleNamespace(runs={p.own_first_stage().name: everything}), demo, p)
+    assert pairs == [(demo.queries[q], t) for q in demo.queries for d in demo.corpus for t in indexed[d]]
 
 
 def test_a_passage_index_ranks_documents_not_chunks(demo, tiny_embedder_path, cache):
