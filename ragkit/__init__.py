@@ -51,6 +51,12 @@ _EXPORTS = {
     "build_chroma_index": "retrievers",
     "HybridRetriever": "hybrid",
     "FirstStage": "stages",
+    "Reranker": "stages",
+    "PairScorer": "stages",
+    "LangChainRetriever": "langchain_stages",
+    "LangChainCompressor": "langchain_stages",
+    "BiEncoderRescorer": "rescore",
+    "CrossEncoderStage": "rerank",
     "RunFileStage": "runfile",
     "read_run": "runfile",
     "ScoredCrossEncoderReranker": "rerank",
@@ -58,6 +64,7 @@ _EXPORTS = {
     "reranking_retriever": "rerank",
     "score_pairs": "rerank",
     "Pipeline": "evaluate",
+    "Rerank": "evaluate",
     "experiment": "evaluate",
     "grid": "evaluate",
     "RunSettings": "settings",
@@ -69,12 +76,14 @@ _EXPORTS = {
 __all__ = [
     "BM25Retriever",
     "BeirCollection",
+    "BiEncoderRescorer",
     "CATALOGUE",
     "CacheError",
     "CachedLoader",
     "CachedModel",
     "ChromaIndex",
     "ConfigError",
+    "CrossEncoderStage",
     "DataError",
     "DeviceNotAvailableError",
     "EmbeddingsFunction",
@@ -84,10 +93,15 @@ __all__ = [
     "HuggingFaceEmbeddingsLoader",
     "HuggingFaceRerankerLoader",
     "HybridRetriever",
+    "LangChainCompressor",
+    "LangChainRetriever",
     "ModelInfo",
     "ModelNotFoundError",
+    "PairScorer",
     "Pipeline",
     "RagkitError",
+    "Rerank",
+    "Reranker",
     "RunFileStage",
     "RunSettings",
     "ScoredCrossEncoderReranker",
@@ -133,8 +147,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
         ModelNotFoundError,
         RagkitError,
     )
-    from ragkit.evaluate import Pipeline, experiment, grid
+    from ragkit.evaluate import Pipeline, Rerank, experiment, grid
     from ragkit.hybrid import HybridRetriever
+    from ragkit.langchain_stages import LangChainCompressor, LangChainRetriever
     from ragkit.loaders import (
         CachedLoader,
         CachedModel,
@@ -146,9 +161,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
     )
     from ragkit.models import CATALOGUE, ModelInfo, available_models, get_model, model_revision
     from ragkit.report import write_report
-    from ragkit.rerank import ScoredCrossEncoderReranker, rerank, reranking_retriever, score_pairs
+    from ragkit.rerank import CrossEncoderStage, ScoredCrossEncoderReranker, rerank, reranking_retriever, score_pairs
+    from ragkit.rescore import BiEncoderRescorer
     from ragkit.results import EvaluationResult, Experiment
     from ragkit.retrievers import BM25Retriever, ChromaIndex, build_chroma_index
     from ragkit.runfile import RunFileStage, read_run
     from ragkit.settings import RunSettings
-    from ragkit.stages import FirstStage
+    from ragkit.stages import FirstStage, PairScorer, Reranker

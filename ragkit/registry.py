@@ -72,6 +72,10 @@ RERANKERS: dict[str, RerankerKind] = {
 }  # fmt: skip
 
 
+# The stages of a user's own ragkit adapts (given to a pipeline as objects, not by name).
+USER_STAGES = ("ragkit.langchain_stages:LangChainRetriever", "ragkit.langchain_stages:LangChainCompressor")
+
+
 def first_stage_kind(retriever: str | StageSource) -> StageKind:
     """The registered kind ``retriever`` names, or a :class:`ConfigError` naming the known
     ones; for a user's own stage (a :class:`ragkit.stages.StageSource`), a kind of its own.
@@ -127,4 +131,4 @@ def _check_source(source: object, option: str) -> None:
         )
 
 
-__all__ = ["FIRST_STAGES", "RERANKERS", "first_stage_kind", "reranker_kind"]
+__all__ = ["FIRST_STAGES", "RERANKERS", "USER_STAGES", "first_stage_kind", "reranker_kind"]

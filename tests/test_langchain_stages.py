@@ -355,3 +355,64 @@ def test_a_compressor_that_drops_the_metadata_is_matched_by_id_or_else_by_unambi
     if how == "text only":  # two candidates of one text cannot be told apart by it
         with pytest.raises(RagkitError, match="not among the candidates"):
             stage.rerank("q", [("a", "same"), ("b", "same")])
+
+
+# ----------------------------------------------------------------------------- through the engine
+
+
+def test_a_users_langchain_pipeline_is_evaluated_as_ragkits_own_equivalent(
+    demo, embeddings, tiny_embedder_path, spread_cross_encoder_path, cache
+):
+    from ragkit.evaluate import Pipeline, Rerank, experiment
+
+    quiet = {"latency_queries": 2, "show_progress": False, "n_resamples": 50}
+    model = HuggingFaceRerankerLoader(spread_cross_encoder_path, model_kwargs={"device": "cpu"})
+    retriever = LangChainRetriever(factory=in_memory(embeddings), name="in-memory", fingerprint="tiny-v1")
+    compressor = LangChainCompressor(ScoredCrossEncoderReranker(model=model, top_n=5, raw_scores=True),
+                                     name="my-ce", fingerprint="spread-v1")  # fmt: skip
+    theirs = Pipeline(retriever=retriever) >> Rerank(compressor, k=5)
+    ours = Pipeline(embedder=tiny_embedder_path) >> Rerank(spread_cross_encoder_path, k=5)
+    assert theirs.name == "langchain(in-memory) >> my-ce(k=5, top_n=5)"
+    result = experiment(demo, [theirs, ours], **quiet)
+    # The same vectors searched exactly and the same cross-encoder: the same rankings, both stages.
+    for q in demo.queries:
+        mine = list(result.runs[theirs.own_first_stage().name][q])
+        assert mine == list(result.runs[ours.own_first_stage().name][q])[: len(mine)]
+        assert list(result.runs[theirs.name][q])[:5] == list(result.runs[ours.name][q])[:5]
+    assert result.table.loc[theirs.name, "first_stage"] == "langchain(in-memory)"
+    assert set(result.latency[result.latency["pipeline"] == theirs.name]["stage"]) == {"retrieve", "rerank", "total"}
+
+    # With fingerprints, its runs come from the cache the next time: its store is not searched again.
+    searched: list[str] = []
+    real = InMemoryVectorStore.similarity_search_with_score
+
+    def spy(self, query, *args, **kwargs):
+        searched.append(query)
+        return real(self, query, *args, **kwargs)
+
+    InMemoryVectorStore.similarity_search_with_score = spy
+    try:
+        experiment(demo, [theirs, ours], **{**quiet, "latency_queries": 0, "n_resamples": 60})
+    finally:
+        InMemoryVectorStore.similarity_search_with_score = real
+    assert searched == []
+
+
+def test_a_users_retriever_without_a_fingerprint_is_searched_every_time(demo, embeddings, cache):
+    from ragkit.evaluate import Pipeline, experiment
+
+    retriever = LangChainRetriever(factory=in_memory(embeddings), name="in-memory")
+    searched: list[str] = []
+    real = InMemoryVectorStore.similarity_search_with_score
+
+    def spy(self, query, *args, **kwargs):
+        searched.append(query)
+        return real(self, query, *args, **kwargs)
+
+    InMemoryVectorStore.similarity_search_with_score = spy
+    try:
+        for _ in range(2):
+            experiment(demo, [Pipeline(retriever=retriever)], latency_queries=0, show_progress=False, n_resamples=50)
+    finally:
+        InMemoryVectorStore.similarity_search_with_score = real
+    assert len(searched) == 2 * len(demo.queries)

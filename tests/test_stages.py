@@ -67,7 +67,7 @@ def build(collection, pipeline: Pipeline) -> FirstStage:
         return built[q.first_stage]
 
     context = StageContext("cpu", False, None, None, part)
-    return FIRST_STAGES[pipeline.retriever].build(collection, pipeline, context)
+    return pipeline.kind.build(collection, pipeline, context)
 
 
 def test_every_registered_kind_is_under_the_contract(options):
@@ -76,7 +76,23 @@ def test_every_registered_kind_is_under_the_contract(options):
 
 @pytest.mark.parametrize("kind", sorted(FIRST_STAGES))
 def test_a_first_stage_keeps_the_contract(kind, options, demo, cache, monkeypatch):
-    pipeline = Pipeline(retriever=kind, **options[kind])
+    keeps_the_contract(Pipeline(retriever=kind, **options[kind]), demo, monkeypatch)
+
+
+def test_a_users_own_first_stage_keeps_the_contract(tiny_embedder_path, demo, cache, monkeypatch):
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from ragkit.langchain_stages import LangChainRetriever
+    from ragkit.loaders import HuggingFaceEmbeddingsLoader
+
+    embeddings = HuggingFaceEmbeddingsLoader(tiny_embedder_path)
+    source = LangChainRetriever(factory=lambda docs: InMemoryVectorStore.from_documents(docs, embeddings),
+                                name="in-memory", fingerprint="v1")  # fmt: skip
+    keeps_the_contract(Pipeline(retriever=source), demo, monkeypatch)
+
+
+def keeps_the_contract(pipeline: Pipeline, demo, monkeypatch) -> None:
+    kind = pipeline.kind.name
     stage = build(demo, pipeline)
     assert isinstance(stage, FirstStage)
     queries = [(q, demo.queries[q]) for q in sorted(demo.queries)]
