@@ -65,6 +65,7 @@ from ragkit.loaders import (
     resolve_device,
 )
 from ragkit.settings import DEFAULT_DEVICE, DEFAULT_RERANKER, DEFAULT_TOP_N, RERANK_DTYPES, rerank_batch_size
+from ragkit.stages import ranked_by
 
 if TYPE_CHECKING:
     from langchain_classic.retrievers import ContextualCompressionRetriever
@@ -489,8 +490,7 @@ class CrossEncoderStage:
     def rerank(self, query: str, candidates: Sequence[tuple[str, str]]) -> list[tuple[str, float]]:
         """``candidates`` (doc id, text) by descending logit; ties keep their given order."""
         logits = self.score([(query, text) for _, text in candidates])
-        order = sorted(range(len(candidates)), key=lambda i: -logits[i])
-        return [(candidates[i][0], float(logits[i])) for i in order]
+        return ranked_by(candidates, logits)
 
     def as_compressor(self, top_n: int, *, raw_scores: bool = False) -> ScoredCrossEncoderReranker:
         """The same model, batch size and length as LangChain's compressor, keeping ``top_n``."""

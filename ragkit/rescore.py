@@ -32,6 +32,7 @@ from pydantic import ConfigDict
 
 from ragkit.loaders import HuggingFaceEmbeddingsLoader, embed_documents, multi_process_pool
 from ragkit.retrievers import _embedder_identity, embed_queries
+from ragkit.stages import ranked_by
 
 Pair = tuple[str, str]
 
@@ -94,8 +95,7 @@ class BiEncoderRescorer:
     def rerank(self, query: str, candidates: Sequence[tuple[str, str]]) -> list[tuple[str, float]]:
         """``candidates`` (doc id, text) by descending cosine; ties keep their given order."""
         scores = self.score([(query, text) for _, text in candidates])
-        order = sorted(range(len(candidates)), key=lambda i: -scores[i])
-        return [(candidates[i][0], float(scores[i])) for i in order]
+        return ranked_by(candidates, scores)
 
     def as_compressor(self, top_n: int, *, raw_scores: bool = False) -> BiEncoderCompressor:
         """The rescorer as a LangChain compressor keeping ``top_n`` documents (cosines are

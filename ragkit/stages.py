@@ -297,6 +297,18 @@ def check_hits(stage: str, hits: Any, corpus: Mapping[str, Any], n_queries: int,
     return hits
 
 
+def ranked_by(candidates: Sequence[tuple[str, str]], scores: Sequence[float]) -> Ranked:
+    """``candidates`` (doc id, text) as ``(doc id, score)``, best score first; ties keep their
+    given order (the first stage's), as LangChain's ``CrossEncoderReranker`` keeps them.
+
+    Example:
+        >>> ranked_by([("a", "..."), ("b", "..."), ("c", "...")], [0.5, 2.0, 0.5])
+        [('b', 2.0), ('a', 0.5), ('c', 0.5)]
+    """
+    order = sorted(range(len(candidates)), key=lambda i: -scores[i])
+    return [(candidates[i][0], float(scores[i])) for i in order]
+
+
 def check_reranked(stage: str, ranked: Any, candidates: Sequence[str]) -> Ranked:
     """``ranked`` if it is a ranking of some of ``candidates`` (doc ids), each once, with finite
     scores, best first; else a :class:`RagkitError` naming the reranker.
@@ -343,6 +355,7 @@ __all__ = [
     "StageSource",
     "check_hits",
     "check_reranked",
+    "ranked_by",
     "hits_problem",
     "short_name",
 ]

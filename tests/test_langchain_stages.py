@@ -360,8 +360,23 @@ def test_a_compressor_that_drops_the_metadata_is_matched_by_id_or_else_by_unambi
 # ----------------------------------------------------------------------------- through the engine
 
 
+@pytest.fixture()
+def searched(monkeypatch) -> list[str]:
+    """The queries an InMemoryVectorStore is searched with (a spy on the user's store, which
+    still searches)."""
+    queries: list[str] = []
+    real = InMemoryVectorStore.similarity_search_with_score
+
+    def spy(self, query, *args, **kwargs):
+        queries.append(query)
+        return real(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(InMemoryVectorStore, "similarity_search_with_score", spy)
+    return queries
+
+
 def test_a_users_langchain_pipeline_is_evaluated_as_ragkits_own_equivalent(
-    demo, embeddings, tiny_embedder_path, spread_cross_encoder_path, cache
+    demo, embeddings, tiny_embedder_path, spread_cross_encoder_path, cache, searched
 ):
     from ragkit.evaluate import Pipeline, Rerank, experiment
 
@@ -383,36 +398,15 @@ def test_a_users_langchain_pipeline_is_evaluated_as_ragkits_own_equivalent(
     assert set(result.latency[result.latency["pipeline"] == theirs.name]["stage"]) == {"retrieve", "rerank", "total"}
 
     # With fingerprints, its runs come from the cache the next time: its store is not searched again.
-    searched: list[str] = []
-    real = InMemoryVectorStore.similarity_search_with_score
-
-    def spy(self, query, *args, **kwargs):
-        searched.append(query)
-        return real(self, query, *args, **kwargs)
-
-    InMemoryVectorStore.similarity_search_with_score = spy
-    try:
-        experiment(demo, [theirs, ours], **{**quiet, "latency_queries": 0, "n_resamples": 60})
-    finally:
-        InMemoryVectorStore.similarity_search_with_score = real
+    searched.clear()
+    experiment(demo, [theirs, ours], **{**quiet, "latency_queries": 0, "n_resamples": 60})
     assert searched == []
 
 
-def test_a_users_retriever_without_a_fingerprint_is_searched_every_time(demo, embeddings, cache):
+def test_a_users_retriever_without_a_fingerprint_is_searched_every_time(demo, embeddings, cache, searched):
     from ragkit.evaluate import Pipeline, experiment
 
     retriever = LangChainRetriever(factory=in_memory(embeddings), name="in-memory")
-    searched: list[str] = []
-    real = InMemoryVectorStore.similarity_search_with_score
-
-    def spy(self, query, *args, **kwargs):
-        searched.append(query)
-        return real(self, query, *args, **kwargs)
-
-    InMemoryVectorStore.similarity_search_with_score = spy
-    try:
-        for _ in range(2):
-            experiment(demo, [Pipeline(retriever=retriever)], latency_queries=0, show_progress=False, n_resamples=50)
-    finally:
-        InMemoryVectorStore.similarity_search_with_score = real
+    for _ in range(2):
+        experiment(demo, [Pipeline(retriever=retriever)], latency_queries=0, show_progress=False, n_resamples=50)
     assert len(searched) == 2 * len(demo.queries)
