@@ -17,6 +17,7 @@ from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import InMemoryVectorStore
+from test_stages import assert_ranked_alike
 
 from ragkit.cache import digest
 from ragkit.errors import ConfigError, RagkitError
@@ -27,8 +28,6 @@ from ragkit.retrievers import BM25Retriever, chroma_settings
 from ragkit.stages import FirstStage, PairScorer, Reranker, StageContext, StageSource, hits_problem
 
 DEPTH = 10
-# As in tests/test_stages.py: a query embedded alone and in a batch may differ in its last bits.
-SCORE_TOLERANCE = 1e-5
 CONTEXT = StageContext("cpu", False, None, None, lambda **options: pytest.fail("a LangChain stage asked for a part"))
 
 
@@ -58,17 +57,6 @@ def exact_cosine(embeddings, collection, queries, k) -> list[list[tuple[str, flo
         similarities = vectors @ (query / np.linalg.norm(query))
         hits.append([(ids[i], float(similarities[i])) for i in np.argsort(-similarities, kind="stable")[:k]])
     return hits
-
-
-def assert_ranked_alike(one: list, other: list) -> None:
-    """The same ranking, up to neighbours whose scores cannot be told apart at SCORE_TOLERANCE
-    (tests/test_stages.py's contract)."""
-    assert len(one) == len(other)
-    other_scores = dict(other)
-    for (doc, score), (other_doc, other_score) in zip(one, other):
-        assert abs(score - other_score) <= SCORE_TOLERANCE, (doc, score, other_doc, other_score)
-        if doc != other_doc and doc in other_scores:  # a swap: of two documents the scores tie
-            assert abs(other_scores[doc] - other_score) <= SCORE_TOLERANCE, (doc, other_doc)
 
 
 def assert_runs_alike(run, expected) -> None:
