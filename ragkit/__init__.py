@@ -50,6 +50,7 @@ _EXPORTS = {
     "ChromaIndex": "retrievers",
     "build_chroma_index": "retrievers",
     "HybridRetriever": "hybrid",
+    "Fusion": "fusion",
     "FirstStage": "stages",
     "Reranker": "stages",
     "PairScorer": "stages",
@@ -90,6 +91,7 @@ __all__ = [
     "EvaluationResult",
     "Experiment",
     "FirstStage",
+    "Fusion",
     "HuggingFaceEmbeddingsLoader",
     "HuggingFaceRerankerLoader",
     "HybridRetriever",
@@ -148,6 +150,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
         RagkitError,
     )
     from ragkit.evaluate import Pipeline, Rerank, experiment, grid
+    from ragkit.fusion import Fusion
     from ragkit.hybrid import HybridRetriever
     from ragkit.langchain_stages import LangChainCompressor, LangChainRetriever
     from ragkit.loaders import (

@@ -227,7 +227,9 @@ class Pipeline:
         """The models the pipeline loads, as ``(model, kind)`` for ``ragkit.models.check_model``."""
         family = self.reranker_family
         reranker = [(self.reranker_model, family.model_kind)] if family and family.model_kind else []
-        return ([(self.embedder, "embedder")] if self.embedder else []) + reranker  # type: ignore[list-item]
+        # A stage of the user's own that names models of its own (a fusion's parts) says so.
+        own = self.retriever.models() if hasattr(self.retriever, "models") else []
+        return ([(self.embedder, "embedder")] if self.embedder else []) + own + reranker  # type: ignore[list-item]
 
     def fields(self) -> dict[str, Any]:
         """The pipeline's fields as plain data: a stage of the user's own as its label and
@@ -623,8 +625,6 @@ def _run_experiment(
     latency_measured: dict[str, dict[str, Any]] = {}  # pipeline -> when its timings were taken, and if reused
     stages: dict[tuple[Any, ...], FirstStage] = {}
     candidates: dict[tuple[Any, ...], Hits] = {}
-    context = StageContext(settings.device, show_progress, client, devices, lambda **o: stage_of(Pipeline(**o)),
-                           batch_size=settings.batch_size)  # fmt: skip
 
     def stage_of(p: Pipeline) -> FirstStage:
         """The first stage ``p`` names, built once per run (a hybrid's parts included)."""
@@ -632,6 +632,15 @@ def _run_experiment(
         if key not in stages:
             stages[key] = p.kind.build(collection, p, context)
         return stages[key]
+
+    def part(spec: Pipeline | StageSource | None = None, **options: Any) -> FirstStage:
+        """A part of a composed first stage: a pipeline's first stage, the user's own stage, or
+        the one pipeline options name; shared with the grid's own when it has the same."""
+        if isinstance(spec, Pipeline):
+            return stage_of(spec.own_first_stage())
+        return stage_of(Pipeline(**options) if spec is None else Pipeline(retriever=spec))
+
+    context = StageContext(settings.device, show_progress, client, devices, part, batch_size=settings.batch_size)
 
     # Each reranker built once; one that ranks documents as wholes cannot score passages.
     rerankers: dict[tuple[Any, ...], Reranker] = {}

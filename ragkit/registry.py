@@ -86,8 +86,10 @@ def first_stage_kind(retriever: str | StageSource) -> StageKind:
     """
     if not isinstance(retriever, str):
         _check_source(retriever, "retriever")
+        check = getattr(retriever, "check", None)  # a source that can refuse its input before any work
         return StageKind(retriever.label, lambda collection, _, context: retriever.build(collection, context), (),
-                         (), lambda _: retriever.label, content=lambda _: retriever.fingerprint)  # fmt: skip
+                         (), lambda _: retriever.label, content=lambda _: retriever.fingerprint,
+                         check=check and (lambda collection, _: check(collection)))  # fmt: skip
     if retriever not in FIRST_STAGES:
         raise ConfigError(
             f"Unknown retriever {retriever!r}: use one of {', '.join(repr(k) for k in FIRST_STAGES)}, or a stage "

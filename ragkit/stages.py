@@ -161,9 +161,10 @@ class SearchesByText:
 @dataclass(frozen=True)
 class StageContext:
     """What a builder may use: the device, batch size and progress settings of the run, the
-    Chroma server (``client``) and worker devices the caller chose, and ``part(**options)``,
-    which returns the first stage those pipeline options name, built once per run (a hybrid's
-    dense and BM25 parts are the grid's own dense and BM25 stages when it has them)."""
+    Chroma server (``client``) and worker devices the caller chose, and ``part(...)``, which
+    returns the first stage that a pipeline (``part(pipeline)``), a stage of the user's own
+    (``part(source)``) or pipeline options (``part(**options)``) name, built once per run (a
+    hybrid's dense and BM25 parts are the grid's own dense and BM25 stages when it has them)."""
 
     device: str
     show_progress: bool
@@ -186,8 +187,8 @@ class StageKind:
             so that they cannot make two pipelines differ.
         required: those of ``options`` that must be given.
         label: the first stage's name in tables, from the pipeline.
-        check: ``"module:function"`` taking ``(collection, pipeline)``, called before any work
-            of an evaluation; it raises on input the stage cannot use.
+        check: ``"module:function"`` (or the function) taking ``(collection, pipeline)``,
+            called before any work of an evaluation; it raises on input the stage cannot use.
         content: what the stage's results depend on that its options do not say (a file's
             sha256), for the result cache's key; from the pipeline, cheaply.
     """
@@ -197,7 +198,7 @@ class StageKind:
     options: tuple[str, ...]
     required: tuple[str, ...]
     label: Callable[[Any], str]
-    check: str | None = None
+    check: str | Callable[..., None] | None = None
     content: Callable[[Any], Any] | None = None
 
     @property

@@ -12,7 +12,7 @@ from langchain_core.documents import Document
 
 from ragkit import HybridRetriever, Pipeline, experiment, grid, load_beir, make_subset
 from ragkit.errors import ConfigError
-from ragkit.hybrid import reciprocal_rank_fusion
+from ragkit.fusion import reciprocal_rank_fusion
 from ragkit.retrievers import BM25Retriever, build_chroma_index
 
 

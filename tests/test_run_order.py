@@ -17,7 +17,7 @@ import pytrec_eval
 from ragkit.bm25 import BM25Index
 from ragkit.errors import DataError
 from ragkit.evaluate import reranked_run
-from ragkit.hybrid import reciprocal_rank_fusion
+from ragkit.fusion import reciprocal_rank_fusion
 from ragkit.measures import order_problem, parse_measures, per_query_scores, ranked_run
 from ragkit.results import trec_run
 

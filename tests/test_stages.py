@@ -61,9 +61,12 @@ def options(tiny_embedder_path, demo, tmp_path) -> dict[str, dict]:
 def build(collection, pipeline: Pipeline) -> FirstStage:
     built: dict = {}
 
-    def part(**o):
-        q = Pipeline(**o)
-        built.setdefault(q.first_stage, FIRST_STAGES[q.retriever].build(collection, q, context))
+    def part(spec=None, **o):  # as the engine's: a pipeline, a stage of one's own, or options
+        if isinstance(spec, Pipeline):
+            q = spec.own_first_stage()
+        else:
+            q = Pipeline(**o) if spec is None else Pipeline(retriever=spec)
+        built.setdefault(q.first_stage, q.kind.build(collection, q, context))
         return built[q.first_stage]
 
     context = StageContext("cpu", False, None, None, part)
