@@ -487,6 +487,10 @@ class CrossEncoderStage:
         """The model's worker pool over ``devices`` for many :meth:`score` calls."""
         return multi_process_pool(self.model, devices) if devices else contextlib.nullcontext()
 
+    def prepare(self, texts: Sequence[str]) -> None:
+        """Nothing: a cross-encoder reads the query and the text together, so no part of its
+        work can be done before the query comes."""
+
     def rerank(self, query: str, candidates: Sequence[tuple[str, str]]) -> list[tuple[str, float]]:
         """``candidates`` (doc id, text) by descending logit; ties keep their given order."""
         logits = self.score([(query, text) for _, text in candidates])

@@ -12,6 +12,11 @@ The query is embedded as ragkit's dense first stage embeds it (with the catalogu
 instruction, for bge), the candidates as documents; a text longer than the model reads is cut
 (``truncated`` says which).
 
+Deployed, the second model's document vectors are computed at index time and stored beside the
+first stage's, so serving a query costs one more query embedding and a dot product per
+candidate; that is what its latency measures (``prepare`` stores the timed candidates' vectors
+first, untimed). The price moves to indexing: the corpus is embedded by both models.
+
 Example::
 
     stage = BiEncoderRescorer("BAAI/bge-small-en-v1.5", device="cpu")
@@ -56,24 +61,37 @@ class BiEncoderRescorer:
 
         self.embeddings = HuggingFaceEmbeddingsLoader(model_name, model_kwargs={"device": device})
         self.batch_size = batch_size
+        self._stored: dict[str, np.ndarray] = {}  # text -> unit vector, what prepare() computed ahead
         instruction = (self.embeddings.query_encode_kwargs or {}).get("prompt", "")
         self.fingerprint = digest(
             "bi-encoder", _embedder_identity(self.embeddings), instruction, device, FORMATS["scoring"]
         )
 
     def score(self, pairs: Sequence[Pair], *, devices: Sequence[str] | None = None) -> np.ndarray:
-        """Cosine similarity of each pair, every distinct query and text embedded once."""
+        """Cosine similarity of each pair, every distinct query and text embedded once (a text
+        :meth:`prepare` stored is not embedded again)."""
         if not pairs:
             return np.empty(0, dtype=np.float32)
         queries = list(dict.fromkeys(q for q, _ in pairs))
         texts = list(dict.fromkeys(t for _, t in pairs))
         q_vectors = _unit(embed_queries(self.embeddings, queries))
-        t_vectors = _unit(embed_documents(self.embeddings, texts, batch_size=self.batch_size, devices=devices))
+        new = [t for t in texts if t not in self._stored]
+        fresh = dict(zip(new, self._embed(new, devices))) if new else {}
+        t_vectors = np.stack([self._stored[t] if t in self._stored else fresh[t] for t in texts])
         q_row = {q: i for i, q in enumerate(queries)}
         t_row = {t: i for i, t in enumerate(texts)}
         rows_q = np.array([q_row[q] for q, _ in pairs])
         rows_t = np.array([t_row[t] for _, t in pairs])
         return np.einsum("ij,ij->i", q_vectors[rows_q], t_vectors[rows_t]).astype(np.float32)
+
+    def prepare(self, texts: Sequence[str]) -> None:
+        """Embed and store ``texts`` (documents) ahead of the queries, as an index would."""
+        new = list(dict.fromkeys(t for t in texts if t not in self._stored))
+        if new:
+            self._stored.update(zip(new, self._embed(new, None)))
+
+    def _embed(self, texts: list[str], devices: Sequence[str] | None) -> np.ndarray:
+        return _unit(embed_documents(self.embeddings, texts, batch_size=self.batch_size, devices=devices))
 
     def scoring_order(self, pairs: Sequence[Pair]) -> np.ndarray:
         """Longest text first, and a text's pairs together, so that a text is embedded in one

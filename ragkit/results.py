@@ -29,6 +29,7 @@ import pandas as pd
 from ragkit.cache import atomic_folder, check_writable
 from ragkit.errors import DataError
 from ragkit.measures import Run
+from ragkit.registry import reranker_kind
 from ragkit.settings import FIRST_STAGE_DEPTH, SIGNIFICANCE_LEVEL
 from ragkit.stats import changed_queries_to_reject
 
@@ -136,6 +137,14 @@ def _p(value: float) -> str:
     return f"{value:.2g}" if value >= 0.001 else "< 0.001"
 
 
+def _reader(pipeline: dict[str, Any]) -> str:
+    """What reads a reranked pipeline's pairs, for the verdict: the cross-encoder, or the
+    reranker of another family (a bi-encoder cuts each text alone)."""
+    reranker = pipeline.get("reranker")
+    is_cross_encoder = isinstance(reranker, str) and reranker_kind(reranker)[0].name == "cross-encoder"
+    return "the cross-encoder" if is_cross_encoder else "the reranker"
+
+
 def _why_not_distinguishable(row: pd.Series, prefix: str, family: int) -> str:
     """A sentence for a change that is not distinguishable although part of the evidence points
     the other way: which of the two tests did not reject, or that the CI is not corrected for
@@ -213,7 +222,7 @@ def verdict(result: EvaluationResult) -> str:
         share = row.get("truncated_pairs", float("nan"))
         if pd.notna(share) and share > 0:
             limit = f"the {p['max_length']} tokens" if p.get("max_length") else "what"
-            text += f" {share:.0%} of its (query, passage) pairs were longer than {limit} the cross-encoder reads, "
+            text += f" {share:.0%} of its (query, passage) pairs were longer than {limit} {_reader(p)} reads, "
             text += "and were truncated."
         rerank, first = _ms(result.latency, name, "rerank"), _ms(result.latency, first_stage, "total")
         if rerank is not None:

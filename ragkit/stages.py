@@ -128,6 +128,12 @@ class PairScorer(Reranker, Protocol):
         :meth:`score` calls; does nothing for ``None``."""
         ...
 
+    def prepare(self, texts: Sequence[str]) -> None:
+        """Compute ahead of any query what a deployment computes at index time and stores (a
+        bi-encoder's document vectors), so that serving a query, as latency is timed, does
+        only the query's work; nothing for a scorer that reads each pair whole."""
+        ...
+
 
 @runtime_checkable
 class StageSource(Protocol):

@@ -74,6 +74,10 @@ def test_a_reranker_keeps_the_contract(family, models, demo, cache):
         sliced[part] = reranker.score([pairs[i] for i in part])
     assert np.allclose(sliced, whole, atol=1e-6, rtol=0)
 
+    # What a scorer computes ahead (prepare, what an index would store) changes no score.
+    reranker.prepare([t for _, t in pairs])
+    assert np.allclose(np.asarray(reranker.score(pairs)), whole, atol=1e-6, rtol=0)
+
     # The fingerprint is stable (what changes it: the tests below, family by family).
     assert build(pipeline).fingerprint == reranker.fingerprint
 
@@ -118,6 +122,35 @@ def test_the_bi_encoder_ranks_by_cosine_of_the_query_and_document_embeddings(tin
     ranked = rescorer.rerank(demo.queries[q], cands)
     assert [d for d, _ in ranked] == [d for d, _ in expected]
     assert np.allclose([s for _, s in ranked], [s for _, s in expected], atol=1e-5)
+
+
+def test_a_prepared_bi_encoder_serves_a_query_by_embedding_the_query_alone(
+    tiny_embedder_path, demo, cache, monkeypatch
+):
+    import ragkit.rescore
+
+    rescorer = BiEncoderRescorer(tiny_embedder_path, device="cpu")
+    q = sorted(demo.queries)[0]
+    cands = candidates(demo, q)
+    rescorer.prepare([t for _, t in cands])
+    embedded: list[int] = []
+    real = ragkit.rescore.embed_documents
+    monkeypatch.setattr(ragkit.rescore, "embed_documents", lambda emb, texts, **kw: embedded.append(len(texts))
+                        or real(emb, texts, **kw))  # fmt: skip
+    rescorer.score([(demo.queries[q], t) for _, t in cands])
+    assert embedded == []  # every candidate's vector was stored
+    rescorer.score([(demo.queries[q], "a text no index holds")])
+    assert embedded == [1]
+    # The timed path serves queries as a deployment with stored vectors would: each timed
+    # query's candidates are prepared (untimed) before its reranker step is timed.
+    prepared: list[int] = []
+    real_prepare = BiEncoderRescorer.prepare
+    monkeypatch.setattr(BiEncoderRescorer, "prepare", lambda self, texts: prepared.append(len(texts))
+                        or real_prepare(self, texts))  # fmt: skip
+    pipeline = Pipeline(embedder=tiny_embedder_path) >> f"bi-encoder:{tiny_embedder_path}"
+    result = experiment(demo, [pipeline], latency_queries=3, show_progress=False, n_resamples=50)
+    assert prepared == [pipeline.k] * 3
+    assert "rerank" in set(result.latency[result.latency["pipeline"] == pipeline.name]["stage"])
 
 
 def test_pipelines_name_reranker_families_and_their_own_options(tiny_embedder_path):
