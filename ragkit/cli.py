@@ -11,12 +11,22 @@ import argparse
 import logging
 import math
 import re
+import shutil
 import socket
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from ragkit.errors import ConfigError, RagkitError
-from ragkit.settings import DEFAULT_DEVICE, DEFAULT_EMBEDDER, DEFAULT_EVAL_QUERIES, DEFAULT_RERANKER, HYBRID_WEIGHTS
+from ragkit.settings import (
+    DEFAULT_DEVICE,
+    DEFAULT_EMBEDDER,
+    DEFAULT_EVAL_QUERIES,
+    DEFAULT_RERANKER,
+    HYBRID_WEIGHTS,
+    MIN_OUTPUT_WIDTH,
+    OUTPUT_WIDTH,
+)
 
 # What `ragkit --help` says: for the user of the command, not for the reader of this module.
 USAGE = (
@@ -120,9 +130,23 @@ def _check_chroma_server(host: str, port: int) -> None:
         ) from None
 
 
+def _output_width() -> int:
+    """The columns the results are written to: the terminal's, at most ``OUTPUT_WIDTH``
+    (``OUTPUT_WIDTH`` when the output is not a terminal, or ``$COLUMNS`` when set)."""
+    columns = shutil.get_terminal_size((OUTPUT_WIDTH, 24)).columns
+    return max(MIN_OUTPUT_WIDTH, min(columns, OUTPUT_WIDTH))
+
+
+class _Wrapped(logging.Formatter):
+    """Log lines wrapped to the output's width (a model folder's path can be long)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return textwrap.fill(super().format(record), _output_width(), subsequent_indent="  ")
+
+
 def _note(text: str) -> None:
     """A remark about the options, on standard error: standard output holds only the results."""
-    print(f"note: {text}", file=sys.stderr)
+    print(textwrap.fill(f"note: {text}", _output_width(), subsequent_indent="      "), file=sys.stderr)
 
 
 def _check_run_file(path: str) -> None:
@@ -271,12 +295,16 @@ def evaluate(args: argparse.Namespace) -> int:
     for collection in evaluated:  # every collection's run files checked before the first one's work
         for p in first_stages:
             FIRST_STAGES[p.retriever].check_input(collection, p)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    width = _output_width()
     results = []
     for collection in evaluated:
-        print(collection.summary())
-        result = experiment(collection, pipelines, measures=measures, device=device, batch_size=args.batch_size,
-                            latency_queries=args.latency_queries, use_cache=not args.no_cache,
-                            chroma_server=chroma_server, devices=devices)  # fmt: skip
+        print("\n".join(textwrap.fill(line, width) for line in collection.summary().splitlines()))
+        with logging_redirect_tqdm():  # log lines written above the progress bars, not through them
+            result = experiment(collection, pipelines, measures=measures, device=device, batch_size=args.batch_size,
+                                latency_queries=args.latency_queries, use_cache=not args.no_cache,
+                                chroma_server=chroma_server, devices=devices)  # fmt: skip
         results.append(result)
     if len(results) == 1:
         final = results[0]
@@ -287,14 +315,16 @@ def evaluate(args: argparse.Namespace) -> int:
         final = pool(results)
         write_report(final, output)
         for result in results:
-            print(f"\n{result.meta['collection']}:\n{result.verdict()}")
+            print(f"\n{result.meta['collection']}:\n{result.verdict(width=width)}")
         print(f"\npooled over {len(results)} collections, {final.meta['n_queries']} queries:")
     print()
-    print(final.verdict())
+    print(final.verdict(width=width))
     print()
-    print(final.format_table())
+    print(final.format_table(width=width))
     where = "" if len(results) == 1 else " and one folder per collection"
-    print(f"\nReport written to {output}/{where} (summary.md, results.csv, results.json, per_query.csv, runs/, plots)")
+    print()
+    print(textwrap.fill(f"Report written to {output}/{where} (summary.md, results.csv, results.json, per_query.csv, "
+                        "runs/, plots)", width))  # fmt: skip
     return 0
 
 
@@ -532,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ragkit's own INFO lines (loading, cache hits) only: at INFO, sentence-transformers would
     # also draw a progress bar for every tiny encode call.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for handler in logging.root.handlers:
+        handler.setFormatter(_Wrapped())
     logging.getLogger("ragkit").setLevel(logging.INFO)
     try:
         if args.command == "smoke":

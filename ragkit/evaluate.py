@@ -707,7 +707,7 @@ def _run_experiment(
             if settings.latency_queries > 0:
                 rows, measured = _pipeline_latency(p, stage, reranker, collection,
                                                    query_ids[: settings.latency_queries], settings, cache=cache,
-                                                   reuse=reuse)  # fmt: skip
+                                                   reuse=reuse, show_progress=show_progress)  # fmt: skip
                 if rows:  # a run file's first stage alone has nothing to time here
                     latency_measured[p.name] = measured
                 latency_rows += rows
@@ -1090,6 +1090,7 @@ def _pipeline_latency(
     *,
     cache: Cache,
     reuse: bool,
+    show_progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-query stage timings, and when they were measured (``{"measured": date, "reused": bool}``).
 
@@ -1098,7 +1099,7 @@ def _pipeline_latency(
     what re-running a grid that shares pipelines would cost. A stage of the user's own without
     a fingerprint is timed afresh every time."""
     if not p.cacheable:
-        rows = _time_pipeline(p, stage, reranker, collection, query_ids, settings)
+        rows = _time_pipeline(p, stage, reranker, collection, query_ids, settings, show_progress=show_progress)
         return rows, {"measured": now(), "reused": False}
     # top_n only cuts the scored list, so pipelines that differ in it cost the same to serve.
     key = digest(
@@ -1118,7 +1119,7 @@ def _pipeline_latency(
         if saved is not None:
             rows = [{**row, "pipeline": p.name} for row in saved["rows"]]
             return rows, {"measured": saved["measured"], "reused": True}
-    rows = _time_pipeline(p, stage, reranker, collection, query_ids, settings)
+    rows = _time_pipeline(p, stage, reranker, collection, query_ids, settings, show_progress=show_progress)
     measured = now()
     cache.write("latency", key, {"rows": rows, "measured": measured})
     return rows, {"measured": measured, "reused": False}
@@ -1141,14 +1142,18 @@ def _time_pipeline(
     collection: BeirCollection,
     query_ids: list[str],
     settings: RunSettings,
+    *,
+    show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Serve queries one at a time, uncached, and time each step, as a user's app would: the
     first stage's own steps (``FirstStage.timed_search``), the reranker's, and the total. A
     first stage that cannot be timed here (a run file) leaves only the reranker's step, and
     no total: what it cost its own system is not known."""
     split = _passage_splitter(p, stage, collection)
+    from tqdm.auto import tqdm
+
     rows = []
-    for q in query_ids:
+    for q in tqdm(query_ids, desc="timing queries", leave=False, disable=not show_progress):
         text = collection.queries[q]
         row: dict[str, Any] = {"pipeline": p.name, "query_id": q}
         t0 = time.perf_counter()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,7 +195,7 @@ def _evidence(row: pd.Series, prefix: str, n: int) -> str:
     return " There are too few queries to say what this comparison could detect."
 
 
-def verdict(result: EvaluationResult) -> str:
+def verdict(result: EvaluationResult, *, width: int | None = None) -> str:
     """See :meth:`EvaluationResult.verdict`."""
     meta, table, m = result.meta, result.table, result.measures[0]
     pipelines = {p["name"]: p for p in meta["pipelines"]}
@@ -247,7 +248,9 @@ def verdict(result: EvaluationResult) -> str:
     if meta["is_subset"]:
         sentences.append("These are scores on a ragkit subset, not the official split: compare the pipelines with "
                          "each other, not with published numbers.")  # fmt: skip
-    return "\n".join(sentences)
+    if width is None:
+        return "\n".join(sentences)
+    return "\n\n".join(textwrap.fill(sentence, width, break_on_hyphens=False) for sentence in sentences)
 
 
 def _frame_to_json(df: pd.DataFrame) -> dict[str, Any]:
@@ -460,31 +463,50 @@ class EvaluationResult:
                              **_comparison_cells(row, f"{m} own", m), **truncated})  # fmt: skip
         return pd.DataFrame(rows)
 
-    def verdict(self) -> str:
+    def verdict(self, *, width: int | None = None) -> str:
         """The answer, in words, to "is this reranker worth its latency?", generated from the
         table and the latency measured, and nothing else: for each reranked pipeline, its change
         of the leading measure against its own first stage (CI, p, queries), whether that is
         distinguishable from zero, how much evidence the queries hold, and what it costs per
-        query; then what the other first stages score alone."""
-        return verdict(self)
+        query; then what the other first stages score alone. One line per pipeline, or, given
+        a ``width`` (a terminal's columns), one paragraph each, wrapped to it."""
+        return verdict(self, width=width)
 
-    def format_table(self, measures: str | Sequence[str] | None = None) -> str:
+    def format_table(self, measures: str | Sequence[str] | None = None, *, width: int | None = None) -> str:
         """A plain-text table, one line per pipeline and measure: the score and, against the
         baseline, its delta (``*`` when significant), the delta's 95% CI, the Holm-corrected
         randomization p-value, wins/ties/losses over queries, and how much evidence there is:
         the smallest delta these queries detect at 80% power (MDE) and the queries that would
-        be needed to detect the observed delta."""
+        be needed to detect the observed delta.
+
+        Given a ``width`` (a terminal's columns), pipelines are named ``P1``, ``P2``, ... in the
+        tables and spelled out in a legend above them, wrapped to it, so that rows stay short.
+        """
+        short = {name: f"P{i}" for i, name in enumerate(self.table.index, start=1)} if width else {}
         rows = []
         for name, row in self.table.iterrows():
             for m in self._chosen(measures):
-                cells = {"pipeline": name + (" (baseline)" if row["baseline"] else ""), "measure": m,
-                         "score": f"{row[m]:.4f}", "delta": "", "95% CI": "", "p (Holm)": "", "W/T/L": "",
-                         "MDE": "", "queries for delta": ""}  # fmt: skip
+                label = short.get(name, name) + (" (baseline)" if row["baseline"] and not short else "")
+                cells = {"pipeline": label, "measure": m, "score": f"{row[m]:.4f}", "delta": "", "95% CI": "",
+                         "p (Holm)": "", "W/T/L": "", "MDE": "", "queries for delta": ""}  # fmt: skip
                 if not row["baseline"]:
                     cells.update(_comparison_cells(row, m, m))
                 rows.append(cells)
-        text = pd.DataFrame(rows).to_string(index=False)
+        table = pd.DataFrame(rows)
         own = self.own_table(measures)
+        if short:
+            table = table.rename(columns={"queries for delta": "n for delta"})
+            own = own.replace({"pipeline": short, "first stage": short}).rename(
+                columns={"queries for delta": "n for delta", "pairs truncated": "truncated"}
+            )
+            legend = [
+                textwrap.fill(f"{short[name]} = {name}" + (" (baseline)" if row["baseline"] else ""), width,
+                              subsequent_indent=" " * (len(short[name]) + 3), break_on_hyphens=False)
+                for name, row in self.table.iterrows()
+            ]  # fmt: skip
+            text = "\n".join(legend) + "\n\n" + table.to_string(index=False)
+        else:
+            text = table.to_string(index=False)
         if len(own):
             text += "\n\nEach reranker against its own first stage:\n" + own.to_string(index=False)
         return text

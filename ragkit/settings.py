@@ -41,6 +41,10 @@ NETWORK_PROBE_TIMEOUT_S = 0.8
 # split's): on 2 CPU cores SciFact's 5,183 abstracts embed in about four minutes (once; the index
 # is cached) and 50 queries' 1,000 pairs rerank in two, which keeps the default run under ten.
 DEFAULT_EVAL_QUERIES = 50
+# The command line writes no line wider than this (a narrower terminal gets its own width, down
+# to the minimum): the verdict is wrapped, and tables name pipelines P1, P2, ... with a legend.
+OUTPUT_WIDTH = 100
+MIN_OUTPUT_WIDTH = 60
 
 # Subsets for quick runs on a laptop CPU (see ragkit.data.make_subset): about 1,000 documents
 # embed in under a minute at ~20 docs/s, and 50 queries keep reranking to a few minutes.
