@@ -68,7 +68,7 @@ from ragkit.settings import (
     PASSAGE_SCORES,
     cache_dir,
 )
-from ragkit.stages import Hits, Ranked, SearchesByText, StageContext
+from ragkit.stages import Hits, Ranked, SearchesByText, StageContext, check_k
 
 if TYPE_CHECKING:
     from ragkit.data import BeirCollection
@@ -206,11 +206,6 @@ def connect_chroma(host: str, port: int = 8000) -> Any:
             "options out to use the embedded index in ragkit's cache."
         ) from None
     return client
-
-
-def _check_k(k: int) -> None:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"k must be a positive integer (the number of documents per query), got {k!r}.")
 
 
 def _doc_id(doc: Document, position: int) -> str:
@@ -552,7 +547,7 @@ class ChromaIndex(SearchesByText):
             index.as_retriever(k=2).invoke("capital of France")[0].metadata["score"]
             # 0.71
         """
-        _check_k(k)
+        check_k(k)
         return ChromaRetriever(index=self, k=k)
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
@@ -584,7 +579,7 @@ class ChromaIndex(SearchesByText):
             index.search_by_vector(index.embed_queries(["capital of France"]), k=1)
             # [[('d1', 0.71)]]
         """
-        _check_k(k)
+        check_k(k)
         if k > _HITS_PER_CALL:
             raise ConfigError(
                 f"k={k:,} is deeper than one Chroma query can return ({_HITS_PER_CALL:,} hits, SQLite's limit on "
@@ -623,7 +618,7 @@ class ChromaIndex(SearchesByText):
             index.search(["capital of France", "yellow fruit"], k=1)
             # [[('d1', 0.71)], [('d2', 0.64)]]
         """
-        _check_k(k)
+        check_k(k)
         return self.search_by_vector(self.embed_queries(queries), k, exact=exact)
 
     # The first-stage protocol (ragkit.stages.FirstStage).
@@ -1843,7 +1838,7 @@ class BM25Retriever(SearchesByText, BaseRetriever):
         cls, documents: Sequence[Document], k: int = DEFAULT_RERANK_K, *, k1: float = 1.5, b: float = 0.75
     ) -> BM25Retriever:
         """Index whole documents (``page_content``) under their ``metadata["doc_id"]``."""
-        _check_k(k)
+        check_k(k)
         records = _records(documents, None)
         digest = hashlib.sha256(json.dumps({"bm25": "ragkit.bm25", "k1": k1, "b": b}, sort_keys=True).encode())
         for record in sorted(records, key=lambda r: r.id):
@@ -1854,13 +1849,13 @@ class BM25Retriever(SearchesByText, BaseRetriever):
 
     def as_retriever(self, k: int = DEFAULT_RERANK_K) -> BM25Retriever:
         """This retriever with another ``k`` (the index is shared, not rebuilt)."""
-        _check_k(k)
+        check_k(k)
         return self.model_copy(update={"k": k})
 
     def search(self, queries: Sequence[str], k: int) -> Hits:
         """The ``k`` best documents per query as ``(doc_id, BM25 score)``; fewer when fewer
         documents share a word with the query."""
-        _check_k(k)
+        check_k(k)
         return self.index.search(list(queries), k)
 
     # The first-stage protocol (ragkit.stages.FirstStage).

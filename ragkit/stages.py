@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ragkit.errors import RagkitError
+from ragkit.errors import ConfigError, RagkitError
 
 Ranked = list[tuple[str, float]]  # one query's (doc_id, score), best first
 Hits = list[Ranked]  # per query, in the order the queries were given
@@ -262,6 +263,21 @@ def short_name(model_id: str) -> str:
     return model_id.rstrip("/").split("/")[-1]
 
 
+def check_k(k: int) -> None:
+    """Raise a :class:`ConfigError` unless ``k``, the documents asked of a stage per query, is a
+    positive whole number (a NumPy integer too; not a bool).
+
+    Example:
+        >>> check_k(10)
+        >>> check_k(0)
+        Traceback (most recent call last):
+        ...
+        ragkit.errors.ConfigError: k must be a positive integer (the number of documents per query), got 0.
+    """
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ConfigError(f"k must be a positive integer (the number of documents per query), got {k!r}.")
+
+
 def hits_problem(hits: Any, corpus: Mapping[str, Any], n_queries: int, depth: int, fills: bool) -> str | None:
     """What is wrong with a first stage's hits for ``n_queries`` queries at ``depth``, or
     ``None``: one list per query, each of (known doc id, finite score) pairs, best first, none
@@ -361,6 +377,7 @@ __all__ = [
     "StageKind",
     "StageSource",
     "check_hits",
+    "check_k",
     "check_reranked",
     "ranked_by",
     "hits_problem",
