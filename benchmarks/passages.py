@@ -34,10 +34,10 @@ from typing import Any
 from ragkit import Pipeline, experiment, load_beir
 from ragkit.data import make_subset, sample_queries
 from ragkit.evaluate import pool
+from ragkit.passages import passage_splitter
 from ragkit.provenance import device_description, machine_state, now, versions
 from ragkit.rerank import load_reranker, token_lengths
 from ragkit.results import markdown_table
-from ragkit.retrievers import passage_splitter
 from ragkit.settings import DEFAULT_EMBEDDER, DEFAULT_RERANKER
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -194,7 +194,7 @@ class Pipeline:
         if self.passage_score not in PASSAGE_SCORES:
             raise ConfigError(f"passage_score must be one of {', '.join(PASSAGE_SCORES)}, got {self.passage_score!r}.")
         if self.chunk_size is not None:
-            from ragkit.retrievers import check_chunking
+            from ragkit.passages import check_chunking
 
             check_chunking(self.chunk_size, self.chunk_overlap, self.chunk_unit)
         elif self.chunk_unit not in CHUNK_UNITS:
@@ -865,7 +865,7 @@ def _truncation(
 def _passage_splitter(p: Pipeline, stage: Any, collection: BeirCollection) -> Any:
     """For a passage pipeline, doc id -> its passages, split as its index split them (and
     remembered: a document reranked for many queries is split once); else ``None``."""
-    from ragkit.retrievers import passage_splitter
+    from ragkit.passages import passage_splitter
 
     return passage_splitter(
         collection,

@@ -8,9 +8,10 @@ and a BM25 retriever, each queryable two ways.
   ``(doc_id, score)`` pairs per query, one entry per document even when documents were split
   into chunks (a document scores as its best chunk).
 
-Dense scores are cosine similarities (``1 - cosine distance``); BM25 scores are BM25's. On a
-chunked index, :func:`passage_splitter` gives a document's passages exactly as the index split
-them: what a reranker scoring passages should read.
+Dense scores are cosine similarities (``1 - cosine distance``); BM25 scores are BM25's. How
+documents are split into the passages of a chunked index is ``ragkit.passages``'s, whose
+``passage_splitter`` gives a document's passages exactly as the index split them: what a
+reranker scoring passages should read.
 
 A persisted index is checked before it is reused (:func:`build_chroma_index`): SQLite's
 integrity check on ``chroma.sqlite3``, a digest of the HNSW segment files that ragkit records
@@ -43,7 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -58,20 +59,16 @@ from ragkit.cache import FORMATS, atomic_write
 from ragkit.errors import CacheError, ConfigError, RagkitError
 from ragkit.loaders import HuggingFaceEmbeddingsLoader, check_devices, embed_documents, multi_process_pool
 from ragkit.models import model_revision
+from ragkit.passages import check_chunking, passage_id, splitting_identity, text_splitting
 from ragkit.settings import (
     CHUNK_OVERLAP,
-    CHUNK_UNITS,
     DEFAULT_EMBEDDER,
     DEFAULT_RERANK_K,
     EXACT_SEARCH_MAX_VECTORS,
     INDEX_BATCH_SIZE,
-    PASSAGE_SCORES,
     cache_dir,
 )
 from ragkit.stages import Hits, Ranked, SearchesByText, StageContext, check_k
-
-if TYPE_CHECKING:
-    from ragkit.data import BeirCollection
 
 log = logging.getLogger("ragkit")
 
@@ -229,156 +226,9 @@ class _Record:
     metadata: dict[str, Any]
 
 
-def check_chunking(chunk_size: int | None, chunk_overlap: int, chunk_unit: str = "chars") -> None:
-    """Raise a :class:`ConfigError` naming the option and the fix unless the chunking makes sense.
-
-    Example:
-        >>> check_chunking(400, 50)
-        >>> check_chunking(40, 50)
-        Traceback (most recent call last):
-        ...
-        ragkit.errors.ConfigError: chunk_overlap (50) must be less than chunk_size (40): ...
-    """
-    if chunk_unit not in CHUNK_UNITS:
-        raise ConfigError(f"chunk_unit must be one of {', '.join(CHUNK_UNITS)}, got {chunk_unit!r}.")
-    if chunk_size is None:
-        return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(f"chunk_size must be a whole number of {chunk_unit} of at least 1, got {chunk_size!r}.")
-    if isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int) or chunk_overlap < 0:
-        raise ConfigError(f"chunk_overlap must be a whole number of {chunk_unit} >= 0, got {chunk_overlap!r}.")
-    if chunk_overlap >= chunk_size:
-        raise ConfigError(
-            f"chunk_overlap ({chunk_overlap}) must be less than chunk_size ({chunk_size}): consecutive chunks would "
-            f"share everything. Use a larger chunk size or a smaller overlap (chunk_overlap, --chunk-overlap; "
-            f"e.g. {max(0, chunk_size // 8)})."
-        )
-
-
-def text_splitter(chunk_size: int, chunk_overlap: int = CHUNK_OVERLAP, *, tokenizer: Any = None) -> Any:
-    """LangChain's ``RecursiveCharacterTextSplitter``: it cuts at blank lines, then line breaks,
-    then spaces, then anywhere, into chunks of at most ``chunk_size`` characters, or, given a
-    Hugging Face ``tokenizer``, of at most ``chunk_size`` of its tokens (what a model truncates).
-
-    Example:
-        >>> text_splitter(12, 0).split_text("one two three four five")
-        ['one two', 'three four', 'five']
-    """
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
-
-    check_chunking(chunk_size, chunk_overlap, "tokens" if tokenizer is not None else "chars")
-    if tokenizer is None:
-        return RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
-    return RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
-        tokenizer, chunk_size=chunk_size, chunk_overlap=chunk_overlap
-    )
-
-
-def passages(text: str, splitter: Any, *, first_only: bool = False) -> list[str]:
-    """A document's passages, in order (only the first with ``first_only``). An empty
-    document is one empty passage, so that every document keeps a place in the index."""
-    chunks = splitter.split_text(text) or [text]
-    return chunks[:1] if first_only else chunks
-
-
-def embedder_tokenizer(embeddings: Embeddings) -> Any:
-    """The Hugging Face tokenizer behind a LangChain embedder, for token-based chunking."""
-    for inner in (getattr(embeddings, "_client", None), embeddings):
-        tokenizer = getattr(inner, "tokenizer", None)
-        if tokenizer is not None:
-            return tokenizer
-    raise ConfigError(
-        f"Cannot chunk by tokens for {type(embeddings).__name__}: its tokenizer is unknown. "
-        "Use chunk_unit='chars', or an embedder loaded by name."
-    )
-
-
-def passage_splitter(
-    collection: BeirCollection,
-    *,
-    chunk_size: int | None,
-    chunk_overlap: int = CHUNK_OVERLAP,
-    chunk_unit: str = "chars",
-    passage_score: str = "maxp",
-    embeddings: Embeddings | str | None = None,
-) -> Callable[[str], list[str]] | None:
-    """Doc id -> its passages, exactly as :func:`build_chroma_index` splits the documents of
-    ``collection`` with the same options (``passage_score="firstp"`` is its
-    ``first_passage_only=True``: only each document's first passage); ``None`` for whole
-    documents (``chunk_size=None``). Each document is split once and remembered, since one
-    document is reranked for many queries.
-
-    Whatever reads passages beside the index (a cross-encoder scoring (query, passage) pairs,
-    a count of the tokens it reads) should take them from here, so that they are the index's.
-
-    Args:
-        collection: the documents, read by ``collection.text(doc_id)``.
-        chunk_size, chunk_overlap, chunk_unit: as :func:`build_chroma_index` takes them.
-        passage_score: ``"maxp"`` (every passage) or ``"firstp"`` (the first only).
-        embeddings: the embedder whose tokens ``chunk_unit="tokens"`` counts (an ``Embeddings``,
-            or a model name, loaded by ``HuggingFaceEmbeddingsLoader`` and so its cached
-            instance when there is one); not needed for characters.
-
-    Example:
-        >>> from ragkit.data import load_beir
-        >>> split = passage_splitter(load_beir("demo"), chunk_size=120, chunk_overlap=20)
-        >>> [len(p) <= 120 for p in split("d05")]
-        [True, True]
-        >>> first = passage_splitter(load_beir("demo"), chunk_size=120, chunk_overlap=20, passage_score="firstp")
-        >>> first("d05") == split("d05")[:1]
-        True
-        >>> passage_splitter(load_beir("demo"), chunk_size=None) is None
-        True
-    """
-    if passage_score not in PASSAGE_SCORES:
-        raise ConfigError(f"passage_score must be one of {', '.join(PASSAGE_SCORES)}, got {passage_score!r}.")
-    check_chunking(chunk_size, chunk_overlap, chunk_unit)
-    split = _text_splitting(chunk_size, chunk_overlap, chunk_unit, passage_score == "firstp", embeddings)
-    if split is None:
-        return None
-    memo: dict[str, list[str]] = {}
-
-    def split_document(doc_id: str) -> list[str]:
-        if doc_id not in memo:
-            memo[doc_id] = split(collection.text(doc_id))
-        return memo[doc_id]
-
-    return split_document
-
-
-def _text_splitting(
-    chunk_size: int | None,
-    chunk_overlap: int,
-    chunk_unit: str,
-    first_only: bool,
-    embeddings: Embeddings | str | None,
-) -> Callable[[str], list[str]] | None:
-    """Text -> its passages (``None`` for whole documents): the one decision of how ragkit
-    splits, which the index's records (:func:`_records`) and :func:`passage_splitter` share,
-    so that what a reranker reads is what the index stores."""
-    if chunk_size is None:
-        return None
-    tokenizer = None
-    if chunk_unit == "tokens":
-        if embeddings is None:
-            raise ConfigError(
-                "chunk_unit='tokens' counts an embedder's tokens: pass embeddings= (the index's embedder, or its "
-                "model name)."
-            )
-        if isinstance(embeddings, str):
-            embeddings = HuggingFaceEmbeddingsLoader(embeddings)
-        tokenizer = embedder_tokenizer(embeddings)
-    splitter = text_splitter(chunk_size, chunk_overlap, tokenizer=tokenizer)
-
-    def split(text: str) -> list[str]:
-        return passages(text, splitter, first_only=first_only)
-
-    return split
-
-
 def _records(documents: Sequence[Document], split: Callable[[str], list[str]] | None) -> list[_Record]:
-    """One record per document, or, given ``split`` (see :func:`_text_splitting`), one per
-    passage, with ids ``<doc_id>#<n>``."""
+    """One record per document, or, given ``split`` (``ragkit.passages.text_splitting``), one
+    per passage, with ids ``<doc_id>#<n>`` (``ragkit.passages.passage_id``)."""
     if not documents:
         raise ConfigError("No documents to index: pass a non-empty list of LangChain Documents.")
     ids = [_doc_id(doc, i) for i, doc in enumerate(documents)]
@@ -392,7 +242,7 @@ def _records(documents: Sequence[Document], split: Callable[[str], list[str]] | 
             records.append(_Record(doc_id, doc.page_content, metadata))
             continue
         chunks = split(doc.page_content)
-        records += [_Record(f"{doc_id}#{n}", chunk, {**metadata, "chunk": n}) for n, chunk in enumerate(chunks)]
+        records += [_Record(passage_id(doc_id, n), chunk, {**metadata, "chunk": n}) for n, chunk in enumerate(chunks)]
     return records
 
 
@@ -1642,17 +1492,9 @@ def build_chroma_index(
         )
     else:
         embeddings = embedder
-    split = _text_splitting(chunk_size, chunk_overlap, chunk_unit, first_passage_only, embeddings)
+    split = text_splitting(chunk_size, chunk_overlap, chunk_unit, first_only=first_passage_only, embeddings=embeddings)
     records = _records(documents, split)
-    splitting = (
-        None
-        if chunk_size is None
-        else {"splitter": "RecursiveCharacterTextSplitter", "chunk_size": chunk_size, "chunk_overlap": chunk_overlap}
-    )
-    if splitting is not None and chunk_unit == "tokens":  # keys only when set: older fingerprints stay valid
-        splitting["unit"] = "tokens"
-    if splitting is not None and first_passage_only:
-        splitting["first_only"] = True
+    splitting = splitting_identity(chunk_size, chunk_overlap, chunk_unit, first_only=first_passage_only)
     fingerprint = _index_fingerprint(embeddings, records, splitting)
     name = collection_name or f"ragkit-{fingerprint[:16]}"
     options = {"chunk_size": chunk_size, "batch_size": batch_size, "show_progress": show_progress, "devices": devices}

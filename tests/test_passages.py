@@ -14,8 +14,8 @@ import pytest
 from ragkit import Pipeline, experiment, grid
 from ragkit.cli import main
 from ragkit.errors import ConfigError
+from ragkit.passages import passages, text_splitter
 from ragkit.rerank import load_reranker, score_pairs, truncation_mask
-from ragkit.retrievers import passages, text_splitter
 
 KW = {"latency_queries": 0, "show_progress": False, "n_resamples": 100}
 
@@ -129,7 +129,8 @@ def test_a_passage_index_ranks_documents_not_chunks(demo, tiny_embedder_path, ca
 
 def test_token_chunks_fit_the_embedders_tokens(demo, tiny_embedder_path, cache):
     from ragkit.loaders import HuggingFaceEmbeddingsLoader
-    from ragkit.retrievers import build_chroma_index, embedder_tokenizer
+    from ragkit.passages import embedder_tokenizer
+    from ragkit.retrievers import build_chroma_index
 
     index = build_chroma_index(demo.documents(), tiny_embedder_path, chunk_size=24, chunk_overlap=4,
                                chunk_unit="tokens", show_progress=False)  # fmt: skip

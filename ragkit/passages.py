@@ -1,0 +1,234 @@
+"""Passages, as a RAG system indexes documents: how ragkit splits a document into the
+passages an index holds, one record each (``<doc_id>#<n>``).
+
+A document is split by LangChain's ``RecursiveCharacterTextSplitter`` into chunks of at most
+``chunk_size`` characters (or tokens of the embedder, ``chunk_unit="tokens"``). One splitter
+(:func:`text_splitting`) serves the index's records and :func:`passage_splitter`, so that what
+a reranker reads is what the index embedded.
+
+Example:
+    >>> text_splitting(12, 0, "chars", first_only=False)("one two three four five")
+    ['one two', 'three four', 'five']
+    >>> passage_id("d05", 1)
+    'd05#1'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.embeddings import Embeddings
+
+from ragkit.errors import ConfigError
+from ragkit.loaders import HuggingFaceEmbeddingsLoader
+from ragkit.settings import CHUNK_OVERLAP, CHUNK_UNITS, PASSAGE_SCORES
+
+if TYPE_CHECKING:
+    from ragkit.data import BeirCollection
+
+
+def check_chunking(chunk_size: int | None, chunk_overlap: int, chunk_unit: str = "chars") -> None:
+    """Raise a :class:`ConfigError` naming the option and the fix unless the chunking makes sense.
+
+    Example:
+        >>> check_chunking(400, 50)
+        >>> check_chunking(40, 50)
+        Traceback (most recent call last):
+        ...
+        ragkit.errors.ConfigError: chunk_overlap (50) must be less than chunk_size (40): ...
+    """
+    if chunk_unit not in CHUNK_UNITS:
+        raise ConfigError(f"chunk_unit must be one of {', '.join(CHUNK_UNITS)}, got {chunk_unit!r}.")
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"chunk_size must be a whole number of {chunk_unit} of at least 1, got {chunk_size!r}.")
+    if isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int) or chunk_overlap < 0:
+        raise ConfigError(f"chunk_overlap must be a whole number of {chunk_unit} >= 0, got {chunk_overlap!r}.")
+    if chunk_overlap >= chunk_size:
+        raise ConfigError(
+            f"chunk_overlap ({chunk_overlap}) must be less than chunk_size ({chunk_size}): consecutive chunks would "
+            f"share everything. Use a larger chunk size or a smaller overlap (chunk_overlap, --chunk-overlap; "
+            f"e.g. {max(0, chunk_size // 8)})."
+        )
+
+
+def text_splitter(chunk_size: int, chunk_overlap: int = CHUNK_OVERLAP, *, tokenizer: Any = None) -> Any:
+    """LangChain's ``RecursiveCharacterTextSplitter``: it cuts at blank lines, then line breaks,
+    then spaces, then anywhere, into chunks of at most ``chunk_size`` characters, or, given a
+    Hugging Face ``tokenizer``, of at most ``chunk_size`` of its tokens (what a model truncates).
+
+    Example:
+        >>> text_splitter(12, 0).split_text("one two three four five")
+        ['one two', 'three four', 'five']
+    """
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    check_chunking(chunk_size, chunk_overlap, "tokens" if tokenizer is not None else "chars")
+    if tokenizer is None:
+        return RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    return RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
+        tokenizer, chunk_size=chunk_size, chunk_overlap=chunk_overlap
+    )
+
+
+def passages(text: str, splitter: Any, *, first_only: bool = False) -> list[str]:
+    """A document's passages, in order (only the first with ``first_only``). An empty
+    document is one empty passage, so that every document keeps a place in the index.
+
+    Example:
+        >>> passages("one two three four five", text_splitter(12, 0), first_only=True)
+        ['one two']
+        >>> passages("", text_splitter(12, 0))
+        ['']
+    """
+    chunks = splitter.split_text(text) or [text]
+    return chunks[:1] if first_only else chunks
+
+
+def embedder_tokenizer(embeddings: Embeddings) -> Any:
+    """The Hugging Face tokenizer behind a LangChain embedder, for token-based chunking."""
+    for inner in (getattr(embeddings, "_client", None), embeddings):
+        tokenizer = getattr(inner, "tokenizer", None)
+        if tokenizer is not None:
+            return tokenizer
+    raise ConfigError(
+        f"Cannot chunk by tokens for {type(embeddings).__name__}: its tokenizer is unknown. "
+        "Use chunk_unit='chars', or an embedder loaded by name."
+    )
+
+
+def text_splitting(
+    chunk_size: int | None,
+    chunk_overlap: int,
+    chunk_unit: str,
+    *,
+    first_only: bool,
+    embeddings: Embeddings | str | None = None,
+) -> Callable[[str], list[str]] | None:
+    """Text -> its passages (``None`` for whole documents, ``chunk_size=None``): the one
+    decision of how ragkit splits, which the index's records and :func:`passage_splitter`
+    share, so that what a reranker reads is what the index stores.
+
+    ``embeddings`` is the embedder whose tokens ``chunk_unit="tokens"`` counts (an
+    ``Embeddings``, or a model name, loaded by ``HuggingFaceEmbeddingsLoader`` and so its
+    cached instance when there is one); characters need none.
+    """
+    if chunk_size is None:
+        return None
+    tokenizer = None
+    if chunk_unit == "tokens":
+        if embeddings is None:
+            raise ConfigError(
+                "chunk_unit='tokens' counts an embedder's tokens: pass embeddings= (the index's embedder, or its "
+                "model name)."
+            )
+        if isinstance(embeddings, str):
+            embeddings = HuggingFaceEmbeddingsLoader(embeddings)
+        tokenizer = embedder_tokenizer(embeddings)
+    splitter = text_splitter(chunk_size, chunk_overlap, tokenizer=tokenizer)
+
+    def split(text: str) -> list[str]:
+        return passages(text, splitter, first_only=first_only)
+
+    return split
+
+
+def splitting_identity(
+    chunk_size: int | None, chunk_overlap: int, chunk_unit: str, *, first_only: bool
+) -> dict[str, Any] | None:
+    """What of the splitting enters an index's fingerprint (``None`` for whole documents).
+    Keys beyond the first three are only there when set, so that fingerprints of indexes built
+    before those options existed stay valid.
+
+    Example:
+        >>> splitting_identity(400, 50, "chars", first_only=True)
+        {'splitter': 'RecursiveCharacterTextSplitter', 'chunk_size': 400, 'chunk_overlap': 50, 'first_only': True}
+    """
+    if chunk_size is None:
+        return None
+    identity: dict[str, Any] = {
+        "splitter": "RecursiveCharacterTextSplitter",
+        "chunk_size": chunk_size,
+        "chunk_overlap": chunk_overlap,
+    }
+    if chunk_unit == "tokens":
+        identity["unit"] = "tokens"
+    if first_only:
+        identity["first_only"] = True
+    return identity
+
+
+def by_document(split: Callable[[str], list[str]], text: Callable[[str], str]) -> Callable[[str], list[str]]:
+    """Doc id -> its passages, each document split once and remembered, since one document is
+    reranked for many queries."""
+    memo: dict[str, list[str]] = {}
+
+    def split_document(doc_id: str) -> list[str]:
+        if doc_id not in memo:
+            memo[doc_id] = split(text(doc_id))
+        return memo[doc_id]
+
+    return split_document
+
+
+def passage_splitter(
+    collection: BeirCollection,
+    *,
+    chunk_size: int | None,
+    chunk_overlap: int = CHUNK_OVERLAP,
+    chunk_unit: str = "chars",
+    passage_score: str = "maxp",
+    embeddings: Embeddings | str | None = None,
+) -> Callable[[str], list[str]] | None:
+    """Doc id -> its passages, exactly as ``ragkit.retrievers.build_chroma_index`` splits the
+    documents of ``collection`` with the same options (``passage_score="firstp"`` is its
+    ``first_passage_only=True``: only each document's first passage); ``None`` for whole
+    documents (``chunk_size=None``). Whatever reads passages beside the index (a cross-encoder
+    scoring (query, passage) pairs, a count of the tokens it reads) should take them from here,
+    so that they are the index's.
+
+    Args:
+        collection: the documents, read by ``collection.text(doc_id)``.
+        chunk_size, chunk_overlap, chunk_unit: as ``build_chroma_index`` takes them.
+        passage_score: ``"maxp"`` (every passage) or ``"firstp"`` (the first only).
+        embeddings: the embedder whose tokens ``chunk_unit="tokens"`` counts (see
+            :func:`text_splitting`); not needed for characters.
+
+    Example:
+        >>> from ragkit.data import load_beir
+        >>> split = passage_splitter(load_beir("demo"), chunk_size=120, chunk_overlap=20)
+        >>> [len(p) <= 120 for p in split("d05")]
+        [True, True]
+        >>> first = passage_splitter(load_beir("demo"), chunk_size=120, chunk_overlap=20, passage_score="firstp")
+        >>> first("d05") == split("d05")[:1]
+        True
+        >>> passage_splitter(load_beir("demo"), chunk_size=None) is None
+        True
+    """
+    if passage_score not in PASSAGE_SCORES:
+        raise ConfigError(f"passage_score must be one of {', '.join(PASSAGE_SCORES)}, got {passage_score!r}.")
+    check_chunking(chunk_size, chunk_overlap, chunk_unit)
+    split = text_splitting(
+        chunk_size, chunk_overlap, chunk_unit, first_only=passage_score == "firstp", embeddings=embeddings
+    )
+    return None if split is None else by_document(split, collection.text)
+
+
+def passage_id(doc_id: str, n: int) -> str:
+    """The index record id of a document's ``n``-th passage (from 0)."""
+    return f"{doc_id}#{n}"
+
+
+__all__ = [
+    "by_document",
+    "check_chunking",
+    "embedder_tokenizer",
+    "passage_id",
+    "passage_splitter",
+    "passages",
+    "splitting_identity",
+    "text_splitter",
+    "text_splitting",
+]
