@@ -1,31 +1,42 @@
-"""Passages, as a RAG system indexes documents: how ragkit splits a document into the
-passages an index holds, one record each (``<doc_id>#<n>``).
+"""Passages, as a RAG system indexes documents: how ragkit splits a document, and how a
+search over passages becomes a ranking of documents.
 
 A document is split by LangChain's ``RecursiveCharacterTextSplitter`` into chunks of at most
-``chunk_size`` characters (or tokens of the embedder, ``chunk_unit="tokens"``). One splitter
-(:func:`text_splitting`) serves the index's records and :func:`passage_splitter`, so that what
-a reranker reads is what the index embedded.
+``chunk_size`` characters (or tokens of the embedder, ``chunk_unit="tokens"``); the index holds
+one record per passage, ``<doc_id>#<n>``. A document then scores as its best passage (MaxP),
+or, when only first passages are indexed, as its first (FirstP): passages are searched until
+``k`` distinct documents are found.
+
+One splitter (:func:`text_splitting`) serves the index's records and :func:`passage_splitter`,
+so that what a reranker reads is what the index embedded; one aggregation
+(:func:`best_passages`) serves every search of a passage index for documents.
 
 Example:
     >>> text_splitting(12, 0, "chars", first_only=False)("one two three four five")
     ['one two', 'three four', 'five']
-    >>> passage_id("d05", 1)
-    'd05#1'
+    >>> passage_id("d05", 1), document_of("d05#1")
+    ('d05#1', 'd05')
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from ragkit.errors import ConfigError
 from ragkit.loaders import HuggingFaceEmbeddingsLoader
 from ragkit.settings import CHUNK_OVERLAP, CHUNK_UNITS, PASSAGE_SCORES
+from ragkit.stages import Hits, check_k
 
 if TYPE_CHECKING:
     from ragkit.data import BeirCollection
+
+# How many passages to fetch per wanted document on the first try; doubled while a query's
+# passages hold fewer than k documents (a document may fill several of the best places).
+OVERFETCH = 4
 
 
 def check_chunking(chunk_size: int | None, chunk_overlap: int, chunk_unit: str = "chars") -> None:
@@ -221,9 +232,71 @@ def passage_id(doc_id: str, n: int) -> str:
     return f"{doc_id}#{n}"
 
 
+def document_of(record_id: str) -> str:
+    """The document a passage's record id names (a doc id may hold ``#`` itself: the last one
+    separates the passage's number)."""
+    return record_id.rpartition("#")[0]
+
+
+class PassageIndex(Protocol):
+    """What :func:`best_passages` needs of a dense index of passages
+    (``ragkit.retrievers.ChromaIndex`` built with ``chunk_size``): its records are passages,
+    ``<doc_id>#<n>``."""
+
+    @property
+    def max_depth(self) -> int:
+        """The most records one :meth:`nearest` call can return."""
+        ...
+
+    def nearest(self, vectors: Any, n: int, *, exact: bool | None = None) -> Hits:
+        """The ``n`` nearest records of each query vector, ``(record id, cosine)``, best first."""
+        ...
+
+
+def best_passages(index: PassageIndex, vectors: Any, k: int, *, exact: bool | None = None) -> Hits:
+    """For each query vector, the ``k`` best documents of a passage ``index``, each as its best
+    passage: ``(passage id, cosine)``, best first (MaxP; an index of first passages only
+    scores a document as its first, FirstP).
+
+    Passages come from ``index.nearest`` best first, so a document's first passage among them
+    is its best. ``OVERFETCH`` passages are fetched per wanted document, twice as many while a
+    query's passages hold fewer than ``k`` documents, until the index (or the most one search
+    returns, ``index.max_depth``) runs out: then a query keeps the documents found.
+    """
+    check_k(k)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    deepest = index.max_depth
+    # Never less than k: a depth that index.nearest refuses (deeper than one search can go)
+    # is refused here as on an index of whole documents, not cut short.
+    n = min(k * OVERFETCH, max(k, deepest))
+    results: Hits = [[] for _ in vectors]
+    pending = list(range(len(vectors)))
+    while pending:
+        short = []
+        for i, ranked in zip(pending, index.nearest(vectors[pending], n, exact=exact)):
+            best: dict[str, tuple[str, float]] = {}
+            for record_id, score in ranked:
+                best.setdefault(document_of(record_id), (record_id, score))
+            results[i] = list(best.values())[:k]
+            if len(best) < k and n < deepest:
+                short.append(i)
+        pending, n = short, min(2 * n, deepest)
+    return results
+
+
+def as_documents(hits: Hits) -> Hits:
+    """Passage hits as the hits of their documents: ``(doc id, score)``."""
+    return [[(document_of(record_id), score) for record_id, score in ranked] for ranked in hits]
+
+
 __all__ = [
+    "OVERFETCH",
+    "PassageIndex",
+    "as_documents",
+    "best_passages",
     "by_document",
     "check_chunking",
+    "document_of",
     "embedder_tokenizer",
     "passage_id",
     "passage_splitter",

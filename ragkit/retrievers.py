@@ -59,7 +59,14 @@ from ragkit.cache import FORMATS, atomic_write
 from ragkit.errors import CacheError, ConfigError, RagkitError
 from ragkit.loaders import HuggingFaceEmbeddingsLoader, check_devices, embed_documents, multi_process_pool
 from ragkit.models import model_revision
-from ragkit.passages import check_chunking, passage_id, splitting_identity, text_splitting
+from ragkit.passages import (
+    as_documents,
+    best_passages,
+    check_chunking,
+    passage_id,
+    splitting_identity,
+    text_splitting,
+)
 from ragkit.settings import (
     CHUNK_OVERLAP,
     DEFAULT_EMBEDDER,
@@ -153,8 +160,6 @@ _SELF_DISTANCE = 1e-3
 _EXACT_MARGIN = 1e-4
 # Encode arguments that change speed or output display, never the vectors themselves.
 _SPEED_ONLY_ENCODE_KWARGS = frozenset({"batch_size", "show_progress_bar"})
-# How many chunks to fetch per wanted document on the first try; doubled while short.
-_CHUNK_OVERFETCH = 4
 # Chroma reads the metadata of all the hits of one query call in one SQLite statement, and
 # SQLite refuses a statement of more than 32,766 variables: at k=100 a call of 328 queries
 # fails ("too many SQL variables"), whatever the corpus size. Calls stay under this many hits
@@ -351,6 +356,10 @@ class ChromaIndex(SearchesByText):
     vector store), ``client`` (the chromadb client), ``embeddings`` (the LangChain embedder),
     ``fingerprint``, ``embedder_name``, ``revision``, ``chunk_size``, ``collection_name``,
     ``persist_directory`` (``None`` for a client you passed).
+
+    Its records are documents or, on a chunked index, passages (``<doc_id>#<n>``):
+    :meth:`nearest` searches records, :meth:`search` documents (on a chunked index a document
+    scores as its best passage, ``ragkit.passages.best_passages``).
     """
 
     def __init__(
@@ -410,14 +419,45 @@ class ChromaIndex(SearchesByText):
         ``settings.EXACT_SEARCH_MAX_VECTORS`` vectors, where exact search is the faster."""
         return self._size <= EXACT_SEARCH_MAX_VECTORS
 
+    @property
+    def max_depth(self) -> int:
+        """The most records one :meth:`nearest` call returns per query: all of them, up to
+        what one Chroma query can return (SQLite's limit on one statement)."""
+        return min(self._size, _HITS_PER_CALL)
+
+    def nearest(self, vectors: np.ndarray | Sequence[Sequence[float]], n: int, *, exact: bool | None = None) -> Hits:
+        """The ``n`` nearest records of each query vector (fewer when the index holds fewer),
+        as ``(record id, cosine similarity)``, best first: documents, or passages
+        (``<doc_id>#<n>``) on a chunked index. Any number of queries may be searched at once:
+        they go to Chroma in calls small enough for its SQLite store. ``exact``: as
+        :meth:`search_by_vector`.
+
+        Example::
+
+            index.nearest(index.embed_queries(["capital of France"]), 2)
+            # [[('d1#0', 0.71), ('d1#1', 0.42)]]
+        """
+        check_k(n)
+        if n > _HITS_PER_CALL:
+            raise ConfigError(
+                f"k={n:,} is deeper than one Chroma query can return ({_HITS_PER_CALL:,} hits, SQLite's limit on "
+                "one statement); ask for fewer documents per query."
+            )
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.size == 0:
+            return []
+        query = self._query_exact if (self.exact if exact is None else exact) else self._query
+        return query(vectors, min(n, self._size))
+
     def search_by_vector(
         self, vectors: np.ndarray | Sequence[Sequence[float]], k: int, *, exact: bool | None = None
     ) -> Hits:
         """The ``k`` best documents for each query vector, as ``(doc_id, cosine similarity)``.
 
         On a chunked index a document scores as its best chunk; more chunks are fetched until
-        ``k`` distinct documents are found (or the index runs out). Any number of queries may be
-        searched at once: they go to Chroma in calls small enough for its SQLite store.
+        ``k`` distinct documents are found (or the index runs out), as the dense first stage
+        of a passage pipeline searches (``ragkit.passages.best_passages``). Any number of
+        queries may be searched at once (see :meth:`nearest`).
 
         ``exact``: search every stored vector (one matrix product; the vectors are read from
         Chroma once and kept in memory) instead of Chroma's approximate HNSW search; by
@@ -429,35 +469,9 @@ class ChromaIndex(SearchesByText):
             index.search_by_vector(index.embed_queries(["capital of France"]), k=1)
             # [[('d1', 0.71)]]
         """
-        check_k(k)
-        if k > _HITS_PER_CALL:
-            raise ConfigError(
-                f"k={k:,} is deeper than one Chroma query can return ({_HITS_PER_CALL:,} hits, SQLite's limit on "
-                "one statement); ask for fewer documents per query."
-            )
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.size == 0:
-            return []
-        total = self._size
-        results: Hits = [[] for _ in vectors]
-        pending = list(range(len(vectors)))
-        # One query's hits must fit one call too: on a chunked index of more passages than
-        # that, a query whose best _HITS_PER_CALL passages hold fewer than k documents keeps
-        # the documents they hold.
-        deepest = min(total, _HITS_PER_CALL)
-        n = min(k if self.chunk_size is None else k * _CHUNK_OVERFETCH, deepest)
-        query = self._query_exact if (self.exact if exact is None else exact) else self._query
-        while pending:
-            short = []
-            for i, ranked in zip(pending, query(vectors[pending], n)):
-                best: dict[str, float] = {}
-                for doc_id, score in ranked:
-                    best.setdefault(doc_id, score)  # chunks come best first: the first is the max
-                results[i] = list(best.items())[:k]
-                if len(best) < k and n < deepest:
-                    short.append(i)
-            pending, n = short, min(2 * n, deepest)
-        return results
+        if self.chunk_size is None:
+            return self.nearest(vectors, k, exact=exact)
+        return as_documents(best_passages(self, vectors, k, exact=exact))
 
     def search(self, queries: Sequence[str], k: int, *, exact: bool | None = None) -> Hits:
         """The ``k`` best documents for each query: queries embedded in one batch, then searched
@@ -490,7 +504,7 @@ class ChromaIndex(SearchesByText):
 
     def _stored_vectors(self) -> tuple[np.ndarray, list[str]]:
         """Every stored vector, normalised (cosine similarity is then a dot product), and the
-        document id of each, read from Chroma once."""
+        record id of each, read from Chroma once."""
         if self._exact is None:
             rows, ids = [], []
             page, offset = self.client.get_max_batch_size(), 0
@@ -504,8 +518,7 @@ class ChromaIndex(SearchesByText):
             matrix = np.concatenate(rows) if rows else np.empty((0, 0), dtype=np.float32)
             norms = np.linalg.norm(matrix, axis=1, keepdims=True)
             matrix /= np.where(norms > 0, norms, 1)
-            chunked = self.chunk_size is not None
-            self._exact = matrix, [i.rpartition("#")[0] if chunked else i for i in ids]
+            self._exact = matrix, ids
         return self._exact
 
     def _query_exact(self, vectors: np.ndarray, n: int) -> list[list[tuple[str, float]]]:
@@ -517,8 +530,8 @@ class ChromaIndex(SearchesByText):
         ``_EXACT_MARGIN`` of the n-th best, far more than that rounding. The candidates are
         scored again in float64, one query at a time: a query's hits are the same whatever
         other queries are searched with it."""
-        matrix, doc_ids = self._stored_vectors()
-        total = len(doc_ids)
+        matrix, record_ids = self._stored_vectors()
+        total = len(record_ids)
         n = min(n, total)
         queries = vectors / np.where((norms := np.linalg.norm(vectors, axis=1, keepdims=True)) > 0, norms, 1)
         out = []
@@ -533,23 +546,21 @@ class ChromaIndex(SearchesByText):
                     candidates = np.arange(total)
                 scores = (matrix[candidates].astype(np.float64) * query.astype(np.float64)).sum(axis=1)
                 best = np.lexsort((candidates, -scores))[:n]
-                out.append([(doc_ids[candidates[j]], float(scores[j])) for j in best])
+                out.append([(record_ids[candidates[j]], float(scores[j])) for j in best])
         return out
 
     def _query(self, vectors: np.ndarray, n: int) -> list[list[tuple[str, float]]]:
-        """``(doc_id, score)`` of the ``n`` nearest records of each vector. Only distances
+        """``(record id, score)`` of the ``n`` nearest records of each vector. Only distances
         are fetched: a hit's id says its document (the doc id, or ``<doc_id>#<n>`` for a
         chunk, see _records), so no metadata row is read."""
         out = []
         step = max(1, min(self.client.get_max_batch_size(), _HITS_PER_CALL // n))
-        chunked = self.chunk_size is not None
         for start in range(0, len(vectors), step):
             res = self._collection.query(
                 query_embeddings=vectors[start : start + step], n_results=n, include=["distances"]
             )
             out += [
-                [(i.rpartition("#")[0] if chunked else i, 1.0 - float(d)) for i, d in zip(ids, dists)]
-                for ids, dists in zip(res["ids"], res["distances"])
+                [(i, 1.0 - float(d)) for i, d in zip(ids, dists)] for ids, dists in zip(res["ids"], res["distances"])
             ]
         return out
 
