@@ -680,7 +680,7 @@ def _run_experiment(
                 timing: dict[str, Any] = {}
                 _rerank_batched(p, reranker, cands, collection, query_ids, pair_cache, scored, reuse=reuse,
                                 show_progress=show_progress, timing=timing, devices=devices,
-                                split=_passage_splitter(p, stages[_first_stage_key(p)], collection))  # fmt: skip
+                                split=_passages_of(stages[_first_stage_key(p)]))  # fmt: skip
                 if timing and timing["pairs"] == timing["of"]:  # every pair scored now: a whole pass, timed
                     throughput[p.name] = {"pairs": timing["pairs"], "queries": len(query_ids),
                                           "seconds": timing["seconds"], "measured": now()}  # fmt: skip
@@ -690,7 +690,7 @@ def _run_experiment(
             bar.set_postfix_str(p.name)
             stage = stages[_first_stage_key(p)]
             reranker = rerankers.get(_reranker_key(p))
-            split = _passage_splitter(p, stage, collection)
+            split = _passages_of(stage)
             cands = [c[: p.depth] for c in candidates[_first_stage_key(p)]]
             if isinstance(reranker, PairScorer):
                 truncation[p.name] = _truncation(p, reranker, cands, collection, query_ids, split)
@@ -862,19 +862,11 @@ def _truncation(
     return {"share": float(mask.mean()) if len(mask) else 0.0, "pairs": len(pairs)}
 
 
-def _passage_splitter(p: Pipeline, stage: Any, collection: BeirCollection) -> Any:
-    """For a passage pipeline, doc id -> its passages, split as its index split them (and
-    remembered: a document reranked for many queries is split once); else ``None``."""
-    from ragkit.passages import passage_splitter
-
-    return passage_splitter(
-        collection,
-        chunk_size=p.chunk_size,
-        chunk_overlap=p.chunk_overlap,
-        chunk_unit=p.chunk_unit,
-        passage_score=p.passage_score,
-        embeddings=getattr(stage, "embeddings", None),  # the index's embedder: its tokens when chunk_unit="tokens"
-    )
+def _passages_of(stage: Any) -> Any:
+    """Doc id -> its passages, from a first stage over passages (``ragkit.passages.PassageStage``:
+    as its index split them); ``None`` for a stage of whole documents. Asked with a default,
+    so that a user's own stage need not say."""
+    return getattr(stage, "passages", None)
 
 
 def _build_reranker(p: Pipeline, context: StageContext) -> Reranker:
@@ -1149,7 +1141,7 @@ def _time_pipeline(
     first stage's own steps (``FirstStage.timed_search``), the reranker's, and the total. A
     first stage that cannot be timed here (a run file) leaves only the reranker's step, and
     no total: what it cost its own system is not known."""
-    split = _passage_splitter(p, stage, collection)
+    split = _passages_of(stage)
     from tqdm.auto import tqdm
 
     rows = []

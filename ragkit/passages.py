@@ -1,15 +1,18 @@
-"""Passages, as a RAG system indexes documents: how ragkit splits a document, and how a
-search over passages becomes a ranking of documents.
+"""Passages, as a RAG system indexes documents: how ragkit splits a document, how a search
+over passages becomes a ranking of documents, and :class:`PassageStage`, the first stage that
+wraps a dense index of passages.
 
 A document is split by LangChain's ``RecursiveCharacterTextSplitter`` into chunks of at most
 ``chunk_size`` characters (or tokens of the embedder, ``chunk_unit="tokens"``); the index holds
 one record per passage, ``<doc_id>#<n>``. A document then scores as its best passage (MaxP),
-or, when only first passages are indexed, as its first (FirstP): passages are searched until
-``k`` distinct documents are found.
+or, when only first passages are indexed, as its first (FirstP). Evaluation stays per
+document: :class:`PassageStage` searches passages until it has ``k`` distinct documents, and
+gives a pair-scoring reranker a document's passages exactly as the index split them
+(:meth:`PassageStage.passages`), so that the reranker reads what the index embedded.
 
-One splitter (:func:`text_splitting`) serves the index's records and :func:`passage_splitter`,
-so that what a reranker reads is what the index embedded; one aggregation
-(:func:`best_passages`) serves every search of a passage index for documents.
+One splitter (:func:`text_splitting`) serves the index's records, :class:`PassageStage` and
+:func:`passage_splitter`, and one aggregation (:func:`best_passages`) serves
+:class:`PassageStage` and ``ragkit.retrievers.ChromaIndex.search`` on a passage index.
 
 Example:
     >>> text_splitting(12, 0, "chars", first_only=False)("one two three four five")
@@ -20,16 +23,21 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict
 
 from ragkit.errors import ConfigError
 from ragkit.loaders import HuggingFaceEmbeddingsLoader
-from ragkit.settings import CHUNK_OVERLAP, CHUNK_UNITS, PASSAGE_SCORES
-from ragkit.stages import Hits, check_k
+from ragkit.settings import CHUNK_OVERLAP, CHUNK_UNITS, DEFAULT_RERANK_K, PASSAGE_SCORES
+from ragkit.stages import Hits, Ranked, SearchesByText, check_k
 
 if TYPE_CHECKING:
     from ragkit.data import BeirCollection
@@ -119,8 +127,8 @@ def text_splitting(
     embeddings: Embeddings | str | None = None,
 ) -> Callable[[str], list[str]] | None:
     """Text -> its passages (``None`` for whole documents, ``chunk_size=None``): the one
-    decision of how ragkit splits, which the index's records and :func:`passage_splitter`
-    share, so that what a reranker reads is what the index stores.
+    decision of how ragkit splits, which the index's records, :class:`PassageStage` and
+    :func:`passage_splitter` share, so that what a reranker reads is what the index stores.
 
     ``embeddings`` is the embedder whose tokens ``chunk_unit="tokens"`` counts (an
     ``Embeddings``, or a model name, loaded by ``HuggingFaceEmbeddingsLoader`` and so its
@@ -196,9 +204,8 @@ def passage_splitter(
     """Doc id -> its passages, exactly as ``ragkit.retrievers.build_chroma_index`` splits the
     documents of ``collection`` with the same options (``passage_score="firstp"`` is its
     ``first_passage_only=True``: only each document's first passage); ``None`` for whole
-    documents (``chunk_size=None``). Whatever reads passages beside the index (a cross-encoder
-    scoring (query, passage) pairs, a count of the tokens it reads) should take them from here,
-    so that they are the index's.
+    documents (``chunk_size=None``). For what reads passages without the index at hand (a
+    count of the tokens a reranker reads); a :class:`PassageStage` gives its own.
 
     Args:
         collection: the documents, read by ``collection.text(doc_id)``.
@@ -239,17 +246,33 @@ def document_of(record_id: str) -> str:
 
 
 class PassageIndex(Protocol):
-    """What :func:`best_passages` needs of a dense index of passages
-    (``ragkit.retrievers.ChromaIndex`` built with ``chunk_size``): its records are passages,
-    ``<doc_id>#<n>``."""
+    """What :class:`PassageStage` needs of the dense index it wraps (``ragkit.retrievers.ChromaIndex``
+    built with ``chunk_size``): its records are passages, ``<doc_id>#<n>``.
+
+    Attributes:
+        fingerprint: what identifies its rankings (embedder, splitting, corpus, search setup).
+        split: text -> its passages, as the index split its documents (:func:`text_splitting`).
+    """
+
+    fingerprint: str
+    split: Callable[[str], list[str]] | None
+
+    @property
+    def search_mode(self) -> tuple[str, ...]: ...
 
     @property
     def max_depth(self) -> int:
         """The most records one :meth:`nearest` call can return."""
         ...
 
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray: ...
+
     def nearest(self, vectors: Any, n: int, *, exact: bool | None = None) -> Hits:
         """The ``n`` nearest records of each query vector, ``(record id, cosine)``, best first."""
+        ...
+
+    def records(self, ids: Sequence[str]) -> list[Document]:
+        """The stored records of ``ids`` (text and metadata), in that order."""
         ...
 
 
@@ -289,9 +312,112 @@ def as_documents(hits: Hits) -> Hits:
     return [[(document_of(record_id), score) for record_id, score in ranked] for ranked in hits]
 
 
+class PassageStage(SearchesByText):
+    """The dense first stage over passages: a Chroma index of passages (``dense``, built with
+    ``chunk_size``) that ranks documents, each as its best passage (MaxP, or its first on an
+    index of first passages only, FirstP).
+
+    Its fingerprint and search mode are the index's, so that runs cached for the index are
+    its own. A pair-scoring reranker after it reads :meth:`passages`, a document's passages as
+    the index split them; the engine asks any first stage for ``passages`` and reranks whole
+    documents for one without.
+
+    Args:
+        dense: the passage index (``ragkit.retrievers.build_chroma_index(..., chunk_size=...)``).
+        text: doc id -> the document's text, as it was indexed (``BeirCollection.text``).
+
+    Example::
+
+        from ragkit import load_beir
+        from ragkit.retrievers import build_chroma_index
+        demo = load_beir("demo")
+        stage = PassageStage(build_chroma_index(demo.documents(), chunk_size=200), text=demo.text)
+        stage.search(["what is reranking?"], k=2)
+        # [[('d07', 0.62), ('d01', 0.55)]]
+        stage.passages("d07")
+        # ['Cross-encoders read the query and ...', '...']
+    """
+
+    fills_depth = True  # vector search always returns min(k, documents) documents
+
+    def __init__(self, dense: PassageIndex, *, text: Callable[[str], str]) -> None:
+        if dense.split is None:
+            raise ConfigError(
+                "PassageStage wraps an index of passages: build it with chunk_size (an index of whole documents "
+                "ranks documents by itself)."
+            )
+        self.dense = dense
+        self.fingerprint: str = dense.fingerprint  # the index's: cached indexes and runs stay valid
+        self._passages = by_document(dense.split, text)
+
+    def __repr__(self) -> str:
+        return f"PassageStage({self.dense!r})"
+
+    @property
+    def search_mode(self) -> tuple[str, ...]:
+        """The index's: ``("exact",)`` or ``("hnsw",)``."""
+        return self.dense.search_mode
+
+    def passages(self, doc_id: str) -> list[str]:
+        """The document's passages, in order, exactly as the index split it (its first only on
+        a FirstP index): what a reranker scoring (query, passage) pairs reads for it."""
+        return self._passages(doc_id)
+
+    def search_passages(self, queries: Sequence[str], k: int, *, exact: bool | None = None) -> Hits:
+        """The ``k`` best documents of each query, each as its best passage: ``(passage id,
+        cosine similarity)`` (see :func:`best_passages`)."""
+        check_k(k)
+        return best_passages(self.dense, self.dense.embed_queries(queries), k, exact=exact)
+
+    def search_by_vector(self, vectors: Any, k: int, *, exact: bool | None = None) -> Hits:
+        """The ``k`` best documents for each query vector, as ``(doc_id, cosine similarity)``."""
+        return as_documents(best_passages(self.dense, vectors, k, exact=exact))
+
+    def search(self, queries: Sequence[str], k: int, *, exact: bool | None = None) -> Hits:
+        """The ``k`` best documents for each query, as ``(doc_id, cosine similarity)``."""
+        check_k(k)
+        return self.search_by_vector(self.dense.embed_queries(queries), k, exact=exact)
+
+    def timed_search(self, query: str, k: int) -> tuple[Ranked, dict[str, float]]:
+        """One query: embedded, then searched, each step timed in seconds (the steps of an
+        index of whole documents, so that their latencies compare)."""
+        t0 = time.perf_counter()
+        vectors = self.dense.embed_queries([query])
+        t1 = time.perf_counter()
+        hits = self.search_by_vector(vectors, k)[0]
+        return hits, {"embed query": t1 - t0, "vector search": time.perf_counter() - t1}
+
+    def as_retriever(self, k: int = DEFAULT_RERANK_K) -> PassageRetriever:
+        """A LangChain retriever returning the ``k`` best documents, each as its best passage:
+        the passage's text and stored metadata (``doc_id``, ``chunk``), and ``score``."""
+        check_k(k)
+        return PassageRetriever(stage=self, k=k)
+
+
+class PassageRetriever(BaseRetriever):
+    """The LangChain view of a :class:`PassageStage`: per query, ``k`` distinct documents, each
+    the ``Document`` of its best passage with ``metadata["score"]`` (cosine similarity). Get one
+    with :meth:`PassageStage.as_retriever`."""
+
+    stage: Any
+    k: int = DEFAULT_RERANK_K
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        hits = self.stage.search_passages([query], self.k)[0]
+        stored = self.stage.dense.records([record_id for record_id, _ in hits])
+        return [
+            Document(page_content=doc.page_content, id=doc.id, metadata={**doc.metadata, "score": score})
+            for doc, (_, score) in zip(stored, hits)
+        ]
+
+
 __all__ = [
     "OVERFETCH",
     "PassageIndex",
+    "PassageRetriever",
+    "PassageStage",
     "as_documents",
     "best_passages",
     "by_document",

@@ -8,10 +8,11 @@ and a BM25 retriever, each queryable two ways.
   ``(doc_id, score)`` pairs per query, one entry per document even when documents were split
   into chunks (a document scores as its best chunk).
 
-Dense scores are cosine similarities (``1 - cosine distance``); BM25 scores are BM25's. How
-documents are split into the passages of a chunked index is ``ragkit.passages``'s, whose
-``passage_splitter`` gives a document's passages exactly as the index split them: what a
-reranker scoring passages should read.
+Dense scores are cosine similarities (``1 - cosine distance``); BM25 scores are BM25's. What
+passages are (how documents are split, how passage hits become document hits) is
+``ragkit.passages``'s: an index built with ``chunk_size`` holds passages, and the dense first
+stage of a passage pipeline is that index wrapped in a ``ragkit.passages.PassageStage``, which
+also gives a document's passages exactly as the index split them (what a reranker reads).
 
 A persisted index is checked before it is reused (:func:`build_chroma_index`): SQLite's
 integrity check on ``chroma.sqlite3``, a digest of the HNSW segment files that ragkit records
@@ -60,6 +61,7 @@ from ragkit.errors import CacheError, ConfigError, RagkitError
 from ragkit.loaders import HuggingFaceEmbeddingsLoader, check_devices, embed_documents, multi_process_pool
 from ragkit.models import model_revision
 from ragkit.passages import (
+    PassageStage,
     as_documents,
     best_passages,
     check_chunking,
@@ -354,8 +356,9 @@ class ChromaIndex(SearchesByText):
 
     Build one with :func:`build_chroma_index`. Attributes: ``store`` (the LangChain ``Chroma``
     vector store), ``client`` (the chromadb client), ``embeddings`` (the LangChain embedder),
-    ``fingerprint``, ``embedder_name``, ``revision``, ``chunk_size``, ``collection_name``,
-    ``persist_directory`` (``None`` for a client you passed).
+    ``fingerprint``, ``embedder_name``, ``revision``, ``chunk_size``, ``split`` (text -> its
+    passages as this index split its documents; ``None`` for whole documents),
+    ``collection_name``, ``persist_directory`` (``None`` for a client you passed).
 
     Its records are documents or, on a chunked index, passages (``<doc_id>#<n>``):
     :meth:`nearest` searches records, :meth:`search` documents (on a chunked index a document
@@ -372,6 +375,7 @@ class ChromaIndex(SearchesByText):
         chunk_size: int | None,
         collection_name: str,
         persist_directory: Path | None,
+        split: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -380,6 +384,7 @@ class ChromaIndex(SearchesByText):
         self.embedder_name: str = embeddings.model_name  # type: ignore[attr-defined]
         self.revision: str | None = model_revision(self.embedder_name)
         self.chunk_size = chunk_size
+        self.split = split
         self.collection_name = collection_name
         self.persist_directory = persist_directory
         # Our own handle, with no embedding function, so nothing can ever ask Chroma to embed.
@@ -448,6 +453,13 @@ class ChromaIndex(SearchesByText):
             return []
         query = self._query_exact if (self.exact if exact is None else exact) else self._query
         return query(vectors, min(n, self._size))
+
+    def records(self, ids: Sequence[str]) -> list[Document]:
+        """The stored records of ``ids`` (text, metadata), in that order, as LangChain documents."""
+        got = self._collection.get(ids=list(ids), include=["documents", "metadatas"])
+        stored = {i: Document(page_content=t, id=i, metadata=dict(m or {}))
+                  for i, t, m in zip(got["ids"], got["documents"], got["metadatas"])}  # fmt: skip
+        return [stored[i] for i in ids]
 
     def search_by_vector(
         self, vectors: np.ndarray | Sequence[Sequence[float]], k: int, *, exact: bool | None = None
@@ -1234,6 +1246,7 @@ def _chroma_index(
     *,
     client: Any = None,
     directory: Path | None = None,
+    split: Callable[[str], list[str]] | None,
     chunk_size: int | None,
     batch_size: int,
     rebuild: bool,
@@ -1242,6 +1255,7 @@ def _chroma_index(
 ) -> ChromaIndex:
     """Open (and check), complete or build the index in collection ``name``: the one path of
     a server's ``client`` and of the embedded Chroma in ``directory`` (give one of the two).
+    ``split`` is how ``records`` were split (``None``: whole documents), kept by the index.
 
     A collection is reused when its marker says complete, it holds every record and its probe
     passes; otherwise what it lacks is embedded and added (:func:`_complete`), and it is
@@ -1307,7 +1321,14 @@ def _chroma_index(
                 client, store = _save_log(directory, collection, client, store, embeddings, marker, len(records))
             _seal(client, name, records, fingerprint, embedder_name, chunk_size, directory)
     return ChromaIndex(
-        store, client, embeddings, fingerprint, chunk_size=chunk_size, collection_name=name, persist_directory=directory
+        store,
+        client,
+        embeddings,
+        fingerprint,
+        chunk_size=chunk_size,
+        split=split,
+        collection_name=name,
+        persist_directory=directory,
     )
 
 
@@ -1508,7 +1529,8 @@ def build_chroma_index(
     splitting = splitting_identity(chunk_size, chunk_overlap, chunk_unit, first_only=first_passage_only)
     fingerprint = _index_fingerprint(embeddings, records, splitting)
     name = collection_name or f"ragkit-{fingerprint[:16]}"
-    options = {"chunk_size": chunk_size, "batch_size": batch_size, "show_progress": show_progress, "devices": devices}
+    options = {"split": split, "chunk_size": chunk_size, "batch_size": batch_size, "show_progress": show_progress,
+               "devices": devices}  # fmt: skip
 
     if client is not None:
         try:
@@ -1735,9 +1757,11 @@ class BM25Retriever(SearchesByText, BaseRetriever):
         ]
 
 
-def build_dense_stage(collection: Any, pipeline: Any, context: StageContext) -> ChromaIndex:
-    """The dense first stage a pipeline names (its embedder, and its passages when it has a
-    ``chunk_size``): the collection's Chroma index, built or reopened (ragkit.stages builder)."""
+def build_dense_stage(collection: Any, pipeline: Any, context: StageContext) -> ChromaIndex | PassageStage:
+    """The dense first stage a pipeline names: the collection's Chroma index of its embedder,
+    built or reopened; with a ``chunk_size``, the index of its passages wrapped in a
+    :class:`ragkit.passages.PassageStage`, which ranks documents by their passages
+    (ragkit.stages builder)."""
     passages: dict[str, Any] = {}
     if pipeline.chunk_size is not None:
         passages = {
@@ -1746,7 +1770,7 @@ def build_dense_stage(collection: Any, pipeline: Any, context: StageContext) -> 
             "chunk_unit": pipeline.chunk_unit,
             "first_passage_only": pipeline.passage_score == "firstp",
         }
-    return build_chroma_index(
+    index = build_chroma_index(
         collection.documents(),
         pipeline.embedder,
         model_kwargs={"device": context.device},
@@ -1755,6 +1779,7 @@ def build_dense_stage(collection: Any, pipeline: Any, context: StageContext) -> 
         devices=context.devices,
         **passages,
     )
+    return index if pipeline.chunk_size is None else PassageStage(index, text=collection.text)
 
 
 def build_bm25_stage(collection: Any, pipeline: Any, context: StageContext) -> BM25Retriever:

@@ -91,14 +91,14 @@ def test_the_engine_the_index_and_the_passage_benchmark_split_documents_alike(
     demo, tiny_embedder_path, cache, passages_benchmark, monkeypatch, chunk_unit, chunk_size, chunk_overlap,
     passage_score
 ):  # fmt: skip
-    from ragkit.evaluate import _passage_splitter
+    from ragkit.evaluate import _passages_of
     from ragkit.retrievers import build_dense_stage
     from ragkit.stages import StageContext
 
     p = Pipeline(embedder=tiny_embedder_path, reranker="x", k=len(demo.corpus), chunk_size=chunk_size,
                  chunk_overlap=chunk_overlap, chunk_unit=chunk_unit, passage_score=passage_score)  # fmt: skip
-    index = build_dense_stage(demo, p.own_first_stage(), StageContext("cpu", False, None, None, None))
-    stored = index._collection.get(include=["documents", "metadatas"])
+    stage = build_dense_stage(demo, p.own_first_stage(), StageContext("cpu", False, None, None, None))
+    stored = stage.dense._collection.get(include=["documents", "metadatas"])
     indexed: dict[str, list[str]] = {d: [] for d in demo.corpus}  # each document's passages, in order
     for meta, text in sorted(zip(stored["metadatas"], stored["documents"]), key=lambda r: r[0]["chunk"]):
         indexed[meta["doc_id"]].append(text)
@@ -107,8 +107,8 @@ def test_the_engine_the_index_and_the_passage_benchmark_split_documents_alike(
     else:
         assert any(len(t) > 1 for t in indexed.values())
 
-    engine = _passage_splitter(p, index, demo)  # what the reranker scores
-    assert {d: engine(d) for d in demo.corpus} == indexed
+    engine = _passages_of(stage)  # what the reranker scores: the stage's own passages
+    assert {d: engine(d) for d in demo.corpus} == {d: stage.passages(d) for d in demo.corpus} == indexed
 
     # What benchmarks/passages.py counts the cross-encoder's tokens over: every candidate's passages.
     pairs: list[tuple[str, str]] = []
