@@ -236,3 +236,131 @@ def test_the_readme_states_the_committed_passage_measurements(results, begins, e
         elif "vs_whole" in row:
             assert f"{row['vs_whole']:+.3f}" in section
             assert f"p {row['vs_whole_p_holm']:.{p_digits}f}" in section
+
+
+def passage_stage(demo, embedder: str, **options):
+    """The dense first stage of a passage pipeline on ``demo``, as the engine builds it."""
+    from ragkit.retrievers import build_dense_stage
+    from ragkit.stages import StageContext
+
+    pipeline = Pipeline(embedder=embedder, chunk_size=120, chunk_overlap=20, **options)
+    return build_dense_stage(demo, pipeline, StageContext("cpu", False, None, None, None))
+
+
+def brute_force_maxp(index, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """Each query's ``k`` best documents by numpy alone: every stored passage vector scored by
+    cosine (vectors normalised in float32 as they are stored, scored in float64), a document
+    as its best passage, ties in the order the passages are stored."""
+    stored = index._collection.get(include=["embeddings"])
+    vectors = np.asarray(stored["embeddings"], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    wanted = index.embed_queries(queries)
+    wanted /= np.linalg.norm(wanted, axis=1, keepdims=True)
+    doc_ids = [record.rpartition("#")[0] for record in stored["ids"]]
+    out = []
+    for scores in wanted.astype(np.float64) @ vectors.astype(np.float64).T:
+        best: dict[str, tuple[float, int]] = {}
+        for position, (doc_id, score) in enumerate(zip(doc_ids, scores)):
+            if doc_id not in best or score > best[doc_id][0]:
+                best[doc_id] = (float(score), position)
+        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[1][1]))
+        out.append([(doc_id, score) for doc_id, (score, _) in ranked[:k]])
+    return out
+
+
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("passage_score", ["maxp", "firstp"])
+def test_a_passage_stage_ranks_documents_as_numpys_brute_force_maxp(
+    demo, tiny_embedder_path, cache, passage_score, exact
+):
+    from test_stages import assert_ranked_alike
+
+    from ragkit.passages import PassageStage
+
+    stage = passage_stage(demo, tiny_embedder_path, passage_score=passage_score)
+    assert isinstance(stage, PassageStage)
+    assert stage.dense.count > len(demo.corpus) or passage_score == "firstp"  # MaxP has passages to choose from
+    queries = [demo.queries[q] for q in sorted(demo.queries)]
+    for k in (5, len(demo.corpus)):
+        found = stage.search(queries, k, exact=exact)
+        expected = brute_force_maxp(stage.dense, queries, k)
+        if exact:  # the same scores to the last bits of float64, so the same order, ties included
+            assert [[d for d, _ in h] for h in found] == [[d for d, _ in h] for h in expected]
+            assert np.allclose([s for h in found for _, s in h], [s for h in expected for _, s in h], atol=1e-12)
+        else:  # Chroma's float32 distances: the same ranking up to scores it cannot tell apart
+            for one, other in zip(found, expected):
+                assert_ranked_alike(one, other)
+        # The chunked index's own document search is the same aggregation over the same passages.
+        assert stage.dense.search(queries, k, exact=exact) == found
+
+
+def test_passage_ties_keep_the_order_the_passages_are_stored_in(cache):
+    # Twin documents: the same passages, so the same vectors and the same scores. Numbers only
+    # (RandomEmbeddings seeds a vector by a text's last word), two per passage.
+    from langchain_core.documents import Document
+    from test_index_integrity import RandomEmbeddings
+
+    from ragkit.passages import PassageStage
+    from ragkit.retrievers import build_chroma_index
+
+    texts = {f"d{i}": " ".join(str(1000 + (i // 2) * 10 + j) for j in range(2 + (i // 2) % 3)) for i in range(30)}
+    docs = [Document(text, metadata={"doc_id": d}) for d, text in texts.items()]
+    index = build_chroma_index(docs, RandomEmbeddings(), chunk_size=9, chunk_overlap=0, show_progress=False)
+    stage = PassageStage(index, text=texts.__getitem__)
+    queries = [f"query {i}" for i in range(10_000, 10_010)]
+    assert index.count > len(docs)  # documents of several passages
+    found = stage.search(queries, 20, exact=True)
+    assert all(a[1] == b[1] for h in found for a, b in zip(h[::2], h[1::2]))  # twins side by side, tied
+    expected = brute_force_maxp(index, queries, 20)
+    assert [[d for d, _ in h] for h in found] == [[d for d, _ in h] for h in expected]
+    assert np.allclose([s for h in found for _, s in h], [s for h in expected for _, s in h], atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "options, splitting",
+    [
+        ({}, {"splitter": "RecursiveCharacterTextSplitter", "chunk_size": 120, "chunk_overlap": 20}),
+        ({"passage_score": "firstp"},
+         {"splitter": "RecursiveCharacterTextSplitter", "chunk_size": 120, "chunk_overlap": 20, "first_only": True}),
+        ({"chunk_unit": "tokens"},
+         {"splitter": "RecursiveCharacterTextSplitter", "chunk_size": 120, "chunk_overlap": 20, "unit": "tokens"}),
+    ],
+)  # fmt: skip
+def test_a_passage_stage_has_its_chunked_index_fingerprint(demo, tiny_embedder_path, cache, options, splitting):
+    # The splitting keys are the ones indexes were fingerprinted by before passages were a stage
+    # of their own, so that every cached index, run and result stays valid.
+    from ragkit.loaders import HuggingFaceEmbeddingsLoader
+    from ragkit.passages import text_splitting
+    from ragkit.retrievers import _index_fingerprint, _records, build_chroma_index
+
+    stage = passage_stage(demo, tiny_embedder_path, **options)
+    unit = options.get("chunk_unit", "chars")
+    first = options.get("passage_score") == "firstp"
+    index = build_chroma_index(demo.documents(), tiny_embedder_path, chunk_size=120, chunk_overlap=20,
+                               chunk_unit=unit, first_passage_only=first, show_progress=False)  # fmt: skip
+    assert stage.fingerprint == stage.dense.fingerprint == index.fingerprint
+    embeddings = HuggingFaceEmbeddingsLoader(tiny_embedder_path)
+    split = text_splitting(120, 20, unit, first_only=first, embeddings=embeddings)
+    assert index.fingerprint == _index_fingerprint(embeddings, _records(demo.documents(), split), splitting)
+    assert stage.search_mode == index.search_mode
+
+
+def test_a_passage_stage_gives_the_documents_of_its_best_passages_to_langchain(demo, tiny_embedder_path, cache):
+    stage = passage_stage(demo, tiny_embedder_path)
+    query = demo.queries[sorted(demo.queries)[0]]
+    best = stage.search_passages([query], 5)[0]
+    docs = stage.as_retriever(k=5).invoke(query)
+    assert [d.id for d in docs] == [passage for passage, _ in best]
+    assert [d.metadata["doc_id"] for d in docs] == [d for d, _ in stage.search([query], 5)[0]]
+    for doc, (passage, score) in zip(docs, best):
+        assert doc.page_content == stage.passages(doc.metadata["doc_id"])[doc.metadata["chunk"]]
+        assert passage == f"{doc.metadata['doc_id']}#{doc.metadata['chunk']}" and doc.metadata["score"] == score
+
+
+def test_a_passage_stage_needs_an_index_of_passages(demo, tiny_embedder_path, cache):
+    from ragkit.passages import PassageStage
+    from ragkit.retrievers import build_chroma_index
+
+    whole = build_chroma_index(demo.documents(), tiny_embedder_path, show_progress=False)
+    with pytest.raises(ConfigError, match="PassageStage wraps an index of passages"):
+        PassageStage(whole, text=demo.text)

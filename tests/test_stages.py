@@ -82,6 +82,17 @@ def test_a_first_stage_keeps_the_contract(kind, options, demo, cache, monkeypatc
     keeps_the_contract(Pipeline(retriever=kind, **options[kind]), demo, monkeypatch)
 
 
+@pytest.mark.parametrize("passage_score", ["maxp", "firstp"])
+def test_a_passage_first_stage_keeps_the_contract(passage_score, tiny_embedder_path, demo, cache, monkeypatch):
+    # A dense pipeline over passages is the passage index wrapped in a PassageStage, which
+    # ranks documents: the same contract as every kind.
+    from ragkit.passages import PassageStage
+
+    pipeline = Pipeline(embedder=tiny_embedder_path, chunk_size=120, chunk_overlap=20, passage_score=passage_score)
+    assert isinstance(build(demo, pipeline), PassageStage)
+    keeps_the_contract(pipeline, demo, monkeypatch)
+
+
 def test_a_users_own_first_stage_keeps_the_contract(tiny_embedder_path, demo, cache, monkeypatch):
     from langchain_core.vectorstores import InMemoryVectorStore
 
