@@ -55,6 +55,11 @@ class FirstStage(Protocol):
         search_mode: how the stage searches when that can change its rankings without
             changing its fingerprint (``("exact",)`` or ``("hnsw",)`` for a dense index;
             ``()`` otherwise); part of the same keys.
+
+    A stage that ranks documents by their passages (``ragkit.passages.PassageStage``) also has
+    ``passages(doc_id) -> list[str]``, the document's passages as it indexed them, which a
+    pair-scoring reranker then reads instead of the whole document; the engine asks for it
+    with a default, so a stage of whole documents need not have it.
     """
 
     fingerprint: str | None
