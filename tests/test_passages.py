@@ -364,3 +364,16 @@ def test_a_passage_stage_needs_an_index_of_passages(demo, tiny_embedder_path, ca
     whole = build_chroma_index(demo.documents(), tiny_embedder_path, show_progress=False)
     with pytest.raises(ConfigError, match="PassageStage wraps an index of passages"):
         PassageStage(whole, text=demo.text)
+
+
+@pytest.mark.parametrize("method", ["rrf", "convex"])
+def test_a_fusion_over_passages_keeps_the_first_stage_contract(method, tiny_embedder_path, demo, cache, monkeypatch):
+    # Its LangChain view fuses the passage stage's documents (each as its best passage), as
+    # its run fuses the passage stage's ranking of documents.
+    from test_stages import keeps_the_contract
+
+    from ragkit import Fusion
+
+    passages = Pipeline(embedder=tiny_embedder_path, chunk_size=120, chunk_overlap=20)
+    keeps_the_contract(Pipeline(retriever=Fusion(passages, Pipeline(retriever="bm25"), method=method)), demo,
+                       monkeypatch)  # fmt: skip
