@@ -53,7 +53,7 @@ from pydantic import ConfigDict
 
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.settings import DEFAULT_RERANK_K, FUSION_DEPTH, RRF_C
-from ragkit.stages import FirstStage, Hits, Query, Ranked, StageContext, StageSource
+from ragkit.stages import FirstStage, Hits, Query, Ranked, StageContext, StageSource, check_k
 
 FUSION_METHODS = ("rrf", "convex")
 
@@ -227,7 +227,7 @@ class FusedStage:
 
     def retrieve(self, queries: Sequence[Query], k: int) -> Hits:
         """The ``k`` best documents per query as ``(doc_id, fused score)``."""
-        _check_depth(k)
+        check_k(k)
         depth = self._depth(k)
         return self.fuse([part.retrieve(queries, depth) for part in self.parts], k)
 
@@ -264,7 +264,7 @@ class FusedStage:
         ``EnsembleRetriever`` for ``"rrf"``, :class:`ConvexRetriever` for ``"convex"``."""
         from langchain_classic.retrievers import EnsembleRetriever
 
-        _check_depth(k)
+        check_k(k)
         retrievers = [part.as_retriever(self._depth(k)) for part in self.parts]
         if self.method == "convex":
             return ConvexRetriever(retrievers=retrievers, weights=list(self.weights), k=k)
@@ -390,7 +390,7 @@ def _check_method(method: str) -> None:
 
 def _check_depth(depth: int) -> int:
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ConfigError(f"A fusion's depth and k must be whole numbers of at least 1, got {depth!r}.")
+        raise ConfigError(f"A fusion's depth (how deep each stage is read) must be a whole number >= 1, got {depth!r}.")
     return depth
 
 

@@ -54,7 +54,7 @@ from pydantic import ConfigDict
 
 from ragkit.cache import digest
 from ragkit.errors import ConfigError, RagkitError
-from ragkit.stages import Hits, Query, Ranked, StageContext, check_hits
+from ragkit.stages import Hits, Query, Ranked, StageContext, check_hits, check_k
 
 log = logging.getLogger("ragkit")
 
@@ -75,11 +75,6 @@ _RELEVANCE_METHODS = (
     "similarity_search_with_relevance_scores",
 )
 _Found = list[tuple[Document, float | None]]  # one query's documents as a stage returned them
-
-
-def _check_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ConfigError(f"k must be a positive integer (the number of documents per query), got {k!r}.")
 
 
 def _check_name(value: Any, what: str) -> None:
@@ -268,7 +263,7 @@ class LangChainRetrieverStage:
             RagkitError: a returned document has no ``metadata[id_key]``, a score is not a finite
                 number, a store's scores look like distances, or the run fails its check.
         """
-        _check_k(k)
+        check_k(k)
         hits = [[(doc_id, score) for doc_id, score, _ in self._search(text, k)] for _, text in queries]
         if self.retriever is not None and hits and k <= len(self.collection.corpus):
             deepest = max(len(ranked) for ranked in hits)
@@ -286,7 +281,7 @@ class LangChainRetrieverStage:
     def timed_search(self, query: str, k: int) -> tuple[Ranked, dict[str, float]]:
         """One query's ranking, as :meth:`retrieve` gives it, and the seconds it took
         (``{"retrieve": ...}``: the user's retriever is one step to ragkit)."""
-        _check_k(k)
+        check_k(k)
         start = time.perf_counter()
         found = self._search(query, k)
         seconds = time.perf_counter() - start
@@ -298,7 +293,7 @@ class LangChainRetrieverStage:
         """The stage as a LangChain retriever of ``k`` documents: the user's documents, ranked
         and deduplicated as :meth:`retrieve` ranks them, with ``metadata["doc_id"]`` and
         ``metadata["score"]``."""
-        _check_k(k)
+        check_k(k)
         return LangChainStageRetriever(stage=self, k=k)
 
     def _search(self, text: str, k: int) -> list[tuple[str, float, Document]]:
