@@ -15,7 +15,7 @@ and reports nDCG@10, each reranker's change against its own first stage (95% CI,
 scored per query, the share of pairs truncated, and the tokens the cross-encoder reads per
 query (its cost on any machine; benchmarks/rerank_cost.py times tokens on this one). Results pool the
 collections too. Everything goes to ``benchmarks/results/passages-cpu.json`` and ``.md``, which
-notebooks 02 and 03 show (``passages_full-cpu`` for whole corpora, which the README shows).
+notebooks 02 and 03 show (``passages_full-cpu`` for whole corpora, which docs/levers.md shows).
 
     python benchmarks/passages.py                      # SciFact + NFCorpus subsets (~20 min, 2 CPU cores)
     python benchmarks/passages.py --docs 0             # whole corpora, 50 sampled queries (~1 h)

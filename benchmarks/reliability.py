@@ -38,7 +38,7 @@ from ragkit.results import markdown_table
 from ragkit.settings import DEFAULT_EMBEDDER, DEFAULT_RERANKER
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reliability.json"
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "cache.md"  # the page that shows the block
 README_BEGIN, README_END = "<!-- reliability: measured by benchmarks/reliability.py -->", "<!-- end reliability -->"
 EVAL_ARGS = ["--dataset", "demo", "--queries", "0", "--k", "10", "--latency-queries", "2", "--device", "cpu"]
 WRITERS, WRITES, READS = 3, 300, 3000
@@ -275,7 +275,7 @@ def damage_section() -> list[dict[str, object]]:
 
 
 def readme_section(record: dict) -> str:
-    """The README's reliability block, from a stored record: both tables and their provenance."""
+    """docs/cache.md's reliability block, from a stored record: both tables and their provenance."""
     env = record["environment"]
     lines = [
         f"Measured on {env['machine']} ({env['date'][:10]}), ragkit {env['versions']['ragkit']}.",
@@ -294,9 +294,9 @@ def readme_section(record: dict) -> str:
 
 
 def readme_with(text: str, block: str) -> str:
-    """``text`` (the README) with its reliability block replaced by ``block``."""
+    """``text`` (docs/cache.md) with its reliability block replaced by ``block``."""
     if README_BEGIN not in text or README_END not in text:
-        raise ValueError(f"README.md has no {README_BEGIN} ... {README_END} block.")
+        raise ValueError(f"docs/cache.md has no {README_BEGIN} ... {README_END} block.")
     head, rest = text.split(README_BEGIN, 1)
     return head + README_BEGIN + "\n" + block + "\n" + README_END + rest.split(README_END, 1)[1]
 
@@ -317,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")
     if {"writers", "damage"} <= record["tables"].keys():
-        README.write_text(readme_with(README.read_text(), readme_section(record)))
-    print(f"\nwritten to {RESULTS} and README.md")
+        PAGE.write_text(readme_with(PAGE.read_text(), readme_section(record)))
+    print(f"\nwritten to {RESULTS} and {PAGE}")
     return 0
 
 

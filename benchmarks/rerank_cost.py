@@ -610,11 +610,12 @@ def write_markdown(folder: Path, tag: str) -> Path:
 
 README_BEGIN = "<!-- rerank_cost-{tag}: written by benchmarks/rerank_cost.py, do not edit -->"
 README_END = "<!-- end rerank_cost-{tag} -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "README.md"  # the main job's output block
+COST_PAGE = README.parent / "docs" / "cost.md"  # each device's headline block
 
 
 def headline(folder: Path, tag: str) -> str:
-    """The few figures the README shows, from this device's section files: each target of
+    """The few figures docs/cost.md shows, from this device's section files: each target of
     the issue with the measured value, and end-to-end minutes."""
     stored = stored_results(folder, tag)
     rows: list[dict[str, Any]] = []
@@ -699,7 +700,7 @@ def headline(folder: Path, tag: str) -> str:
     return "\n".join(
         [
             f"Measured on {'; '.join(where)}; all figures in "
-            f"[`benchmarks/results/rerank_cost-{tag}.md`](benchmarks/results/rerank_cost-{tag}.md).",
+            f"[`benchmarks/results/rerank_cost-{tag}.md`](../benchmarks/results/rerank_cost-{tag}.md).",
             "",
             records_table(rows),
         ]
@@ -734,10 +735,10 @@ def readme_output_block(text: str, block: str) -> str:
 
 
 def readme_block(text: str, tag: str, block: str) -> str:
-    """``text`` (the README) with its block for ``tag`` replaced by ``block``."""
+    """``text`` (docs/cost.md) with its block for ``tag`` replaced by ``block``."""
     begin, end = README_BEGIN.format(tag=tag), README_END.format(tag=tag)
     if begin not in text or end not in text:
-        raise ValueError(f"README.md has no {begin} ... {end} block to write the {tag} headline into.")
+        raise ValueError(f"docs/cost.md has no {begin} ... {end} block to write the {tag} headline into.")
     head, rest = text.split(begin, 1)
     return head + begin + "\n" + block + "\n" + end + rest.split(end, 1)[1]
 
@@ -786,14 +787,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"({seconds / 60:.1f} min) -> {path}", flush=True)
     markdown = write_markdown(bench.output, bench.tag)
     if not bench.quick and bench.output == RESULTS:
-        text = README.read_text()
+        text = COST_PAGE.read_text()
         if README_BEGIN.format(tag=bench.tag) in text:
-            text = readme_block(text, bench.tag, headline(bench.output, bench.tag))
+            COST_PAGE.write_text(readme_block(text, bench.tag, headline(bench.output, bench.tag)))
             if bench.tag == "cpu" and "output" in stored_results(bench.output, "cpu")["rerun"]["parameters"]:
-                text = readme_output_block(text, main_job_block(bench.output))
-            README.write_text(text)
+                README.write_text(readme_output_block(README.read_text(), main_job_block(bench.output)))
         else:
-            print(f"README.md has no {README_BEGIN.format(tag=bench.tag)} block: its headline is not shown there.")
+            print(f"docs/cost.md has no {README_BEGIN.format(tag=bench.tag)} block: its headline is not shown there.")
     print(f"\nAll sections in {(time.perf_counter() - total) / 60:.1f} min; Markdown: {markdown}")
     return 0
 

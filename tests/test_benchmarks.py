@@ -1,7 +1,8 @@
-"""The committed benchmark results and what the README shows of them stay one and the same.
+"""The committed benchmark results and what the README and docs/ show of them stay one and the same.
 
-``benchmarks/rerank_cost.py`` writes ``benchmarks/results/<section>-cpu.json`` and the README's
-headline block from them; these tests fail when either is edited without the other.
+``benchmarks/rerank_cost.py`` writes ``benchmarks/results/<section>-cpu.json``, the headline block
+of docs/cost.md and the README's main-job output block from them; these tests fail when either is
+edited without the other.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def test_stored_results_reads_section_records_only(script, tmp_path):
         script.stored_results(tmp_path, "cpu")
 
 
-def test_readme_headline_is_what_the_committed_results_say(script):
-    readme = (ROOT / "README.md").read_text()
-    assert script.readme_block(readme, "cpu", script.headline(RESULTS, "cpu")) == readme
+def test_cost_doc_headline_is_what_the_committed_results_say(script):
+    page = (ROOT / "docs" / "cost.md").read_text()
+    assert script.readme_block(page, "cpu", script.headline(RESULTS, "cpu")) == page
 
 
 def test_readme_shows_what_the_default_evaluation_printed(script):
@@ -85,14 +86,14 @@ def test_headline_follows_the_results_it_is_written_from(script, tmp_path):
         script.readme_block("# a README without a block\n", "cuda", changed)
 
 
-def test_readme_reliability_block_is_what_the_committed_results_say():
+def test_cache_doc_reliability_block_is_what_the_committed_results_say():
     spec = importlib.util.spec_from_file_location("reliability", ROOT / "benchmarks" / "reliability.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["reliability"] = module
     spec.loader.exec_module(module)
     record = json.loads((ROOT / "benchmarks" / "results" / "reliability.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    assert module.readme_with(readme, module.readme_section(record)) == readme
+    page = (ROOT / "docs" / "cache.md").read_text()
+    assert module.readme_with(page, module.readme_section(record)) == page
     damage = record["tables"]["damage"]
     assert {row["store"] for row in damage} == {"results", "runs", "latency", "pair_scores", "chroma"}
     assert all(row["exit"] == 0 and row["nDCG@10 as undamaged"] and not row["code executed"] for row in damage)

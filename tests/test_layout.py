@@ -1,5 +1,6 @@
-"""The README's layout table is the package's map: it lists every module, and a module imports
-only modules listed above it (at module level or inside functions), so imports run one way."""
+"""The layout table (docs/layout.md, linked from the README) is the package's map: it lists
+every module, and a module imports only modules listed above it (at module level or inside
+functions), so imports run one way."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _layout_order() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    table = text[text.index("## Layout") :]
+    text = (ROOT / "docs" / "layout.md").read_text()
+    table = text[text.index("# Layout") :]
     return [name for row in re.findall(r"^\| `ragkit/(\w+)\.py`", table, re.M) for name in [row]]
 
 

@@ -276,11 +276,11 @@ def test_command_line_reports_bad_sizes(scaling, capsys, tmp_path):
     assert "Corpus sizes must be positive integers" in capsys.readouterr().err
 
 
-def test_the_readme_states_the_committed_scaling_measurements():
+def test_the_cost_doc_states_the_committed_scaling_measurements():
     record = json.loads((ROOT / "benchmarks" / "results" / "scaling-cpu.json").read_text())
     k = record["parameters"]["k"]
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("- **Before a larger corpus**") : readme.index("Several `--dataset`s")]
+    page = (ROOT / "docs" / "cost.md").read_text()
+    section = page[page.index("## Before a larger corpus") :]
     for row in record["tables"]["scaling"]:
         assert not row["extrapolated"]  # a committed figure is a measured one
         for figure in (
@@ -314,9 +314,9 @@ def test_the_exact_search_threshold_follows_the_committed_crossover():
     assert EXACT_SEARCH_MAX_VECTORS < record["crossover"]["documents"]
 
 
-def test_the_readme_states_the_committed_crossover_and_build_ratios():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("- **Before a larger corpus**") : readme.index("Several `--dataset`s")]
+def test_the_cost_doc_states_the_committed_crossover_and_build_ratios():
+    page = (ROOT / "docs" / "cost.md").read_text()
+    section = page[page.index("## Before a larger corpus") :]
     crossover = json.loads((ROOT / "benchmarks" / "results" / "exact_crossover" / "scaling-cpu.json").read_text())
     for row in crossover["tables"]["scaling"]:
         if row["documents"] in (10_000, 20_000, 30_000):
