@@ -51,6 +51,9 @@ _EXPORTS = {
     "build_chroma_index": "retrievers",
     "HybridRetriever": "hybrid",
     "Fusion": "fusion",
+    "PassageStage": "passages",
+    "plan": "plan",
+    "Plan": "plan",
     "FirstStage": "stages",
     "Reranker": "stages",
     "PairScorer": "stages",
@@ -100,6 +103,8 @@ __all__ = [
     "ModelInfo",
     "ModelNotFoundError",
     "PairScorer",
+    "PassageStage",
+    "Plan",
     "Pipeline",
     "RagkitError",
     "Rerank",
@@ -118,6 +123,7 @@ __all__ = [
     "make_subset",
     "sample_queries",
     "model_revision",
+    "plan",
     "read_run",
     "rerank",
     "reranking_retriever",
@@ -163,6 +169,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
         clear_cache,
     )
     from ragkit.models import CATALOGUE, ModelInfo, available_models, get_model, model_revision
+    from ragkit.passages import PassageStage
+    from ragkit.plan import Plan, plan
     from ragkit.report import write_report
     from ragkit.rerank import CrossEncoderStage, ScoredCrossEncoderReranker, rerank, reranking_retriever, score_pairs
     from ragkit.rescore import BiEncoderRescorer

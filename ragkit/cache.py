@@ -65,6 +65,7 @@ FORMATS = {
     "runs": 2,
     "latency": 2,
     "results": 1,
+    "rates": 1,
 }
 
 # What each store holds, for `ragkit cache`; the order is the order data flows in.
@@ -74,6 +75,7 @@ STORES = {
     "pair_scores": "cross-encoder scores of (query, passage) pairs",
     "latency": "per-query timings, per machine and software",
     "results": "whole evaluation results",
+    "rates": "models' measured speeds on this machine, for run estimates",
 }
 _PAIR_SCORES_FILE = "pair_scores.sqlite"
 # How long to wait for the pair-score database while another process holds it locked: a

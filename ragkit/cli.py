@@ -141,7 +141,8 @@ class _Wrapped(logging.Formatter):
     """Log lines wrapped to the output's width (a model folder's path can be long)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return textwrap.fill(super().format(record), _output_width(), subsequent_indent="  ")
+        return textwrap.fill(super().format(record), _output_width(), subsequent_indent="  ",
+                             break_long_words=False, break_on_hyphens=False)  # a path stays whole  # fmt: skip
 
 
 def _note(text: str) -> None:
@@ -297,14 +298,25 @@ def evaluate(args: argparse.Namespace) -> int:
             FIRST_STAGES[p.retriever].check_input(collection, p)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from ragkit.plan import plan
+
     width = _output_width()
+    options = {"measures": measures, "device": device, "batch_size": args.batch_size,
+               "latency_queries": args.latency_queries, "chroma_server": chroma_server, "devices": devices}  # fmt: skip
+    # What each collection's run will do and cost, before any of them starts: a long grid says so first.
+    plans = [plan(collection, pipelines, use_cache=not args.no_cache, **options) for collection in evaluated]
+    for planned in plans:
+        print(planned.to_text(width), file=sys.stdout if args.plan else sys.stderr)
+    if len(plans) > 1:
+        total = sum(p.minutes for p in plans)
+        print(f"In all: about {total:,.1f} min.", file=sys.stdout if args.plan else sys.stderr)
+    if args.plan:
+        return 0
     results = []
     for collection in evaluated:
         print("\n".join(textwrap.fill(line, width) for line in collection.summary().splitlines()))
         with logging_redirect_tqdm():  # log lines written above the progress bars, not through them
-            result = experiment(collection, pipelines, measures=measures, device=device, batch_size=args.batch_size,
-                                latency_queries=args.latency_queries, use_cache=not args.no_cache,
-                                chroma_server=chroma_server, devices=devices)  # fmt: skip
+            result = experiment(collection, pipelines, use_cache=not args.no_cache, **options)
         results.append(result)
     if len(results) == 1:
         final = results[0]
@@ -504,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="queries timed one at a time, per pipeline (default %(default)s)",
     )
     e.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what the run would do (documents to embed, pairs to score, queries to time, what is "
+        "cached) and about how long it would take on this machine, then exit; every run prints this first",
+    )
+    e.add_argument(
         "--no-cache",
         action="store_true",
         help="recompute first-stage runs and pair scores and re-measure latency instead of reusing "
@@ -561,9 +579,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # ragkit's own INFO lines (loading, cache hits) only: at INFO, sentence-transformers would
     # also draw a progress bar for every tiny encode call.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for handler in logging.root.handlers:
-        handler.setFormatter(_Wrapped())
+    # (Where logging is set up already, as when main() is called from Python, that stays as it is.)
+    console = logging.StreamHandler()
+    console.setFormatter(_Wrapped())
+    logging.basicConfig(level=logging.WARNING, handlers=[console])
     logging.getLogger("ragkit").setLevel(logging.INFO)
     try:
         if args.command == "smoke":

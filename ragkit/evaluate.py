@@ -431,6 +431,107 @@ def _reranker_key(p: Pipeline) -> tuple[Any, ...]:
     return (p.reranker, p.reranker_dtype, p.max_length)
 
 
+@dataclass
+class _Prepared:
+    """An evaluation checked and set up, before any work: what ``experiment()`` and
+    ``ragkit.plan.plan()`` share."""
+
+    pipelines: list[Pipeline]
+    settings: RunSettings
+    cache: Cache
+    client: Any
+    devices: Sequence[str] | None
+    key: str | None  # the result cache's key; None when something of the user's own cannot be cached
+
+    def stored_result(self, collection: BeirCollection) -> EvaluationResult | None:
+        """The whole result, when an identical call cached it."""
+        if self.key is None:
+            return None
+        stored = self.cache.read("results", self.key,
+                                 check=lambda data: _result_problem(data, collection, self.pipelines))  # fmt: skip
+        if stored is None:
+            return None
+        result = EvaluationResult.from_dict(stored)
+        result.meta["reused_result"] = True
+        return result
+
+
+def _prepared(
+    collection: BeirCollection,
+    pipelines: Sequence[Pipeline],
+    *,
+    measures: Sequence[str] = DEFAULT_MEASURES,
+    baseline: int | str = 0,
+    device: str = "auto",
+    batch_size: int | None = None,
+    engine: Literal["batched", "langchain"] = "batched",
+    latency_queries: int = LATENCY_QUERIES,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    chroma_server: tuple[str, int] | None = None,
+    devices: Sequence[str] | None = None,
+) -> _Prepared:
+    """Check an evaluation's input and settle its settings (see :func:`experiment`): every
+    refusal comes here, before any index is built or model run."""
+    pipelines = list(pipelines)
+    if not pipelines:
+        raise ConfigError("experiment() needs at least one pipeline.")
+    # Every reranker is also measured against the first stage it reranks: add that first
+    # stage alone where the grid lacks it (it costs no model pass: its run is computed anyway).
+    for own in dict.fromkeys(p.own_first_stage() for p in pipelines if p.reranker):
+        if own not in pipelines:
+            pipelines.append(own)
+    names = [p.name for p in pipelines]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Pipeline names must be unique; got {names}.")
+    base_index = names.index(baseline) if isinstance(baseline, str) and baseline in names else baseline
+    if isinstance(base_index, bool) or not isinstance(base_index, int) or not 0 <= base_index < len(pipelines):
+        raise ConfigError(f"Baseline {baseline!r} is not one of the pipelines: {names}.")
+    measures = [str(m) for m in parse_measures(measures)]
+    if engine == "langchain" and any(p.chunk_size for p in pipelines):
+        raise ConfigError(
+            "engine='langchain' evaluates the documents LangChain's retrievers return, and on a passage index those "
+            "are passages: use engine='batched' (the default) for passage pipelines, which scores documents by "
+            "their passages."
+        )
+    settings = RunSettings(
+        measures=tuple(measures),
+        baseline=base_index,
+        device=device,
+        batch_size=batch_size,
+        engine=engine,
+        latency_queries=latency_queries,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    device = resolve_device(settings.device)
+    if devices is not None:
+        from ragkit.loaders import check_devices
+
+        devices = check_devices(devices)
+    # Decided once, here, for every stage: by the devices that score (the workers, when there are any).
+    settings = replace(settings, device=device, batch_size=settings.batch_size or rerank_batch_size(device, devices))
+    # What a first stage would refuse once the work has begun (a run file naming documents the
+    # collection does not hold) is refused now, before any index is built or model loaded.
+    for p in {_first_stage_key(p): p for p in pipelines}.values():
+        p.kind.check_input(collection, p)
+    # So is a model that cannot load: a folder that is not a model, a Hub id offline and not cached.
+    from ragkit.models import check_model
+
+    for model, kind in sorted({m for p in pipelines for m in p.models()}):
+        check_model(model, kind)  # type: ignore[arg-type]
+    client = None
+    if chroma_server is not None and any(p.embedder for p in pipelines):
+        from ragkit.retrievers import connect_chroma
+
+        client = connect_chroma(*chroma_server)
+    cache = Cache()
+    # A stage of the user's own without a fingerprint may change unseen: nothing of it is cached.
+    cacheable = all(p.cacheable for p in pipelines)
+    key = _result_key(collection, pipelines, settings) if cacheable else None
+    return _Prepared(pipelines, settings, cache, client, devices, key)
+
+
 def experiment(
     collection: BeirCollection,
     pipelines: Sequence[Pipeline],
@@ -488,68 +589,16 @@ def experiment(
         result = experiment(subset, grid(rerankers=[None, "cross-encoder/ms-marco-MiniLM-L-12-v2"]))
         result.table
     """
-    pipelines = list(pipelines)
-    if not pipelines:
-        raise ConfigError("experiment() needs at least one pipeline.")
-    # Every reranker is also measured against the first stage it reranks: add that first
-    # stage alone where the grid lacks it (it costs no model pass: its run is computed anyway).
-    for own in dict.fromkeys(p.own_first_stage() for p in pipelines if p.reranker):
-        if own not in pipelines:
-            pipelines.append(own)
-    names = [p.name for p in pipelines]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"Pipeline names must be unique; got {names}.")
-    base_index = names.index(baseline) if isinstance(baseline, str) and baseline in names else baseline
-    if isinstance(base_index, bool) or not isinstance(base_index, int) or not 0 <= base_index < len(pipelines):
-        raise ConfigError(f"Baseline {baseline!r} is not one of the pipelines: {names}.")
-    measures = [str(m) for m in parse_measures(measures)]
-    if engine == "langchain" and any(p.chunk_size for p in pipelines):
-        raise ConfigError(
-            "engine='langchain' evaluates the documents LangChain's retrievers return, and on a passage index those "
-            "are passages: use engine='batched' (the default) for passage pipelines, which scores documents by "
-            "their passages."
-        )
-    settings = RunSettings(
-        measures=tuple(measures),
-        baseline=base_index,
-        device=device,
-        batch_size=batch_size,
-        engine=engine,
-        latency_queries=latency_queries,
-        n_resamples=n_resamples,
-        seed=seed,
-    )
-    device = resolve_device(settings.device)
-    if devices is not None:
-        from ragkit.loaders import check_devices
-
-        devices = check_devices(devices)
-    # Decided once, here, for every stage: by the devices that score (the workers, when there are any).
-    settings = replace(settings, device=device, batch_size=settings.batch_size or rerank_batch_size(device, devices))
-    # What a first stage would refuse once the work has begun (a run file naming documents the
-    # collection does not hold) is refused now, before any index is built or model loaded.
-    for p in {_first_stage_key(p): p for p in pipelines}.values():
-        p.kind.check_input(collection, p)
-    # So is a model that cannot load: a folder that is not a model, a Hub id offline and not cached.
-    from ragkit.models import check_model
-
-    for model, kind in sorted({m for p in pipelines for m in p.models()}):
-        check_model(model, kind)  # type: ignore[arg-type]
-    client = None
-    if chroma_server is not None and any(p.embedder for p in pipelines):
-        from ragkit.retrievers import connect_chroma
-
-        client = connect_chroma(*chroma_server)
-    cache = Cache()
-    # A stage of the user's own without a fingerprint may change unseen: nothing of it is cached.
-    cacheable = all(p.cacheable for p in pipelines)
-    key = _result_key(collection, pipelines, settings) if cacheable else None
-    if use_cache and key is not None:
-        stored = cache.read("results", key, check=lambda data: _result_problem(data, collection, pipelines))
+    prepared = _prepared(collection, pipelines, measures=measures, baseline=baseline, device=device,
+                         batch_size=batch_size, engine=engine, latency_queries=latency_queries,
+                         n_resamples=n_resamples, seed=seed, chroma_server=chroma_server, devices=devices)  # fmt: skip
+    pipelines, settings, cache, client, devices = (prepared.pipelines, prepared.settings, prepared.cache,
+                                                   prepared.client, prepared.devices)  # fmt: skip
+    key = prepared.key
+    if use_cache:
+        stored = prepared.stored_result(collection)
         if stored is not None:
-            result = EvaluationResult.from_dict(stored)
-            result.meta["reused_result"] = True
-            return result
+            return stored
     result = _run_experiment(
         collection,
         pipelines,

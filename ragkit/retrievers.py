@@ -1514,20 +1514,8 @@ def build_chroma_index(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
     devices = None if devices is None else check_devices(devices)
-    check_chunking(chunk_size, chunk_overlap, chunk_unit)
-    if isinstance(embedder, str):
-        embeddings = HuggingFaceEmbeddingsLoader(embedder, model_kwargs=model_kwargs, encode_kwargs=encode_kwargs)
-    elif model_kwargs is not None or encode_kwargs is not None:
-        raise ConfigError(
-            "model_kwargs and encode_kwargs configure an embedder loaded by name; "
-            "an Embeddings object comes configured already."
-        )
-    else:
-        embeddings = embedder
-    split = text_splitting(chunk_size, chunk_overlap, chunk_unit, first_only=first_passage_only, embeddings=embeddings)
-    records = _records(documents, split)
-    splitting = splitting_identity(chunk_size, chunk_overlap, chunk_unit, first_only=first_passage_only)
-    fingerprint = _index_fingerprint(embeddings, records, splitting)
+    inputs = (chunk_size, chunk_overlap, chunk_unit, first_passage_only)
+    embeddings, split, records, fingerprint = _index_inputs(documents, embedder, model_kwargs, encode_kwargs, *inputs)
     name = collection_name or f"ragkit-{fingerprint[:16]}"
     options = {"split": split, "chunk_size": chunk_size, "batch_size": batch_size, "show_progress": show_progress,
                "devices": devices}  # fmt: skip
@@ -1557,6 +1545,66 @@ def build_chroma_index(
             if ours or fresh:
                 _remove_folder(directory, keep_folder=existed and not ours)
             raise _disk_full_error(directory, len(records), full, removed=ours or fresh) from full
+
+
+def _index_inputs(
+    documents: Sequence[Document],
+    embedder: str | Embeddings,
+    model_kwargs: dict[str, Any] | None,
+    encode_kwargs: dict[str, Any] | None,
+    chunk_size: int | None,
+    chunk_overlap: int,
+    chunk_unit: str,
+    first_passage_only: bool,
+) -> tuple[Embeddings, Callable[[str], list[str]] | None, list[_Record], str]:
+    """What an index is made of: the embedder, the splitter, the records and the fingerprint."""
+    check_chunking(chunk_size, chunk_overlap, chunk_unit)
+    if isinstance(embedder, str):
+        embeddings = HuggingFaceEmbeddingsLoader(embedder, model_kwargs=model_kwargs, encode_kwargs=encode_kwargs)
+    elif model_kwargs is not None or encode_kwargs is not None:
+        raise ConfigError(
+            "model_kwargs and encode_kwargs configure an embedder loaded by name; "
+            "an Embeddings object comes configured already."
+        )
+    else:
+        embeddings = embedder
+    split = text_splitting(chunk_size, chunk_overlap, chunk_unit, first_only=first_passage_only, embeddings=embeddings)
+    records = _records(documents, split)
+    splitting = splitting_identity(chunk_size, chunk_overlap, chunk_unit, first_only=first_passage_only)
+    return embeddings, split, records, _index_fingerprint(embeddings, records, splitting)
+
+
+def index_state(
+    documents: Sequence[Document],
+    embedder: str | Embeddings = DEFAULT_EMBEDDER,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    chunk_size: int | None = None,
+    chunk_overlap: int = CHUNK_OVERLAP,
+    chunk_unit: str = "chars",
+    first_passage_only: bool = False,
+    client: Any = None,
+) -> tuple[int, bool]:
+    """How many vectors :func:`build_chroma_index` would store for these inputs, and whether
+    ragkit's cache holds that index, finished and unchanged since (then a build embeds
+    nothing). Loads the embedder (its identity and tokenizer decide the index), embeds nothing,
+    and opens no Chroma; on a ``client`` (a Chroma server) the answer is always "not held",
+    since only the server knows.
+
+    Example::
+
+        index_state(load_beir("scifact").documents())
+        # (5183, True)
+    """
+    _, _, records, fingerprint = _index_inputs(documents, embedder, model_kwargs, None, chunk_size, chunk_overlap,
+                                               chunk_unit, first_passage_only)  # fmt: skip
+    if client is not None:
+        return len(records), False
+    directory = cache_dir() / "chroma" / fingerprint
+    record, _ = _read_record(directory)
+    entry = (record or {}).get("collections", {}).get(f"ragkit-{fingerprint[:16]}")
+    held = entry is not None and entry["fingerprint"] == fingerprint and not _file_problems(directory, entry["files"])
+    return len(records), held
 
 
 def _locked_build(

@@ -45,6 +45,8 @@ DEFAULT_EVAL_QUERIES = 50
 # to the minimum): the verdict is wrapped, and tables name pipelines P1, P2, ... with a legend.
 OUTPUT_WIDTH = 100
 MIN_OUTPUT_WIDTH = 60
+# A run estimated longer than this says so in its first lines (``ragkit.plan``).
+LONG_RUN_MINUTES = 30
 
 # Subsets for quick runs on a laptop CPU (see ragkit.data.make_subset): about 1,000 documents
 # embed in under a minute at ~20 docs/s, and 50 queries keep reranking to a few minutes.

@@ -1,0 +1,86 @@
+"""The plan before a run: what it will embed, score and time, what the cache already holds,
+an estimate from rates measured on this machine (measured once, then remembered), the same
+refusals as the run, and `ragkit eval --plan`, which prints it and writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragkit import Pipeline, experiment
+from ragkit.cli import main
+from ragkit.errors import ConfigError
+from ragkit.plan import plan
+
+
+@pytest.fixture()
+def grid(tiny_embedder_path, tiny_cross_encoder_path):
+    dense = Pipeline(embedder=tiny_embedder_path)
+    return [dense, dense >> tiny_cross_encoder_path, Pipeline(embedder=tiny_embedder_path, chunk_size=150)]
+
+
+def test_a_fresh_cache_plans_every_index_pair_and_timing(grid, demo, cache):
+    planned = plan(demo, grid, latency_queries=3)
+    whats = [s.what for s in planned.steps]
+    assert not planned.result_cached
+    assert whats[0] == f"embed {len(demo.corpus)} documents with model"
+    passages = int(whats[1].split()[1])
+    assert whats[1] == f"embed {passages} passages with model" and passages > len(demo.corpus)
+    k = grid[1].k
+    assert whats[2].startswith(f"score at most {len(demo.queries) * k:,} pairs with tiny-cross-encoder0 ")
+    assert whats[3].startswith("time 3 queries one at a time in each of 3 pipelines")
+    # Each estimate is the work over the rate measured here (the rate is in the step's words).
+    embed = planned.steps[0]
+    rate = float(embed.rate.split()[0].replace(",", ""))
+    assert rate > 0 and embed.seconds >= len(demo.corpus) / rate
+    assert planned.minutes == pytest.approx(sum(s.seconds for s in planned.steps) / 60)
+
+
+def test_what_a_run_cached_is_planned_as_cached(grid, demo, cache):
+    experiment(demo, grid[:2], latency_queries=2, show_progress=False, n_resamples=50)
+    again = plan(demo, grid[:2], latency_queries=2, n_resamples=50)
+    assert again.result_cached and again.steps == []
+    assert "the whole result is cached" in again.to_text()
+    # Another grid over the same index: the index is planned as cached, the rest is not.
+    other = plan(demo, grid[:2], latency_queries=3)
+    assert not other.result_cached
+    assert other.steps[0].cached and other.steps[0].seconds == 0
+    assert "none, it is in the cache" in other.to_text().splitlines()[1]
+
+
+def test_rates_are_measured_once_per_machine_and_model(grid, demo, cache):
+    first = plan(demo, grid[:2], latency_queries=0)
+    assert (cache / "rates").is_dir() and len(list((cache / "rates").iterdir())) == 2  # the embedder, the reranker
+    # Remembered: without calibrating, the same rates come back from the cache.
+    remembered = plan(demo, grid[:2], latency_queries=0, calibrate=False)
+    assert [s.rate for s in remembered.steps] == [s.rate for s in first.steps]
+    # Nothing measured and no calibration: the plan says the rate is not known.
+    (cache / "rates").rename(cache / "rates-moved")
+    unknown = plan(demo, grid[:2], latency_queries=0, calibrate=False)
+    assert all(s.rate == "rate not measured" and s.seconds == 0 for s in unknown.steps)
+
+
+def test_a_long_run_says_so_and_what_shortens_it(grid, demo, cache, monkeypatch):
+    import ragkit.plan
+
+    monkeypatch.setattr(ragkit.plan, "LONG_RUN_MINUTES", 0)
+    planned = plan(demo, grid, latency_queries=0)
+    assert planned.long and "over 0 minutes: fewer queries (--queries)" in planned.headline()
+
+
+def test_the_plan_refuses_what_the_run_refuses(grid, demo, cache):
+    with pytest.raises(ConfigError, match="Unknown measure|measure"):
+        plan(demo, grid, measures=["nDCG@ten"])
+    with pytest.raises(ConfigError, match="Baseline"):
+        plan(demo, grid, baseline="nope")
+
+
+def test_cli_plan_prints_the_plan_and_writes_nothing(tiny_embedder_path, tiny_cross_encoder_path, cache, tmp_path,
+                                                     capsys):  # fmt: skip
+    out = tmp_path / "report"
+    code = main(["eval", "--dataset", "demo", "--embedders", tiny_embedder_path, "--rerankers", "none",
+                 tiny_cross_encoder_path, "--plan", "--output", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert printed.startswith("demo: about ") and "- embed 40 documents with model" in printed
+    assert "score at most 160 pairs with tiny-cross-encoder0" in printed
+    assert not out.exists() and not (cache / "results").exists()
