@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -426,6 +427,11 @@ def rerun_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any]
     args = bench.sizes.eval_args + ["--device", bench.device]
     with tempfile.TemporaryDirectory(prefix="ragkit-rerun-") as tmp:
         cache, out = Path(tmp) / "cache", str(Path(tmp) / "report")
+        # The plan first, in the same fresh cache: its estimate (rates measured now, then
+        # remembered, as a first run on a new machine measures them) against the time taken.
+        planned: list[str] = []
+        plan_seconds = time_eval([*args, "--plan", "--output", out], cache, output=planned)
+        estimate = _estimated_minutes(planned[0])
         printed: list[str] = []
         first = time_eval([*args, "--output", out], cache, output=printed)
         second = time_eval([*args, "--output", out], cache)
@@ -450,7 +456,14 @@ def rerun_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any]
     return (
         {"rerun": table},
         # The report folder was a temporary one: the output names the default instead.
-        {"command": command, "target_speedup": 20, "output": printed[0].replace(out, "results/eval")},
+        {
+            "command": command,
+            "target_speedup": 20,
+            "output": printed[0].replace(out, "results/eval"),
+            "estimated_minutes": estimate,
+            "plan_seconds": plan_seconds,
+            "plan": planned[0],
+        },
         [
             f"Each run is `{command}` in a new process (imports and model loads included) with its own "
             "RAGKIT_CACHE_DIR. The first is the README's default evaluation, end to end.",
@@ -460,6 +473,15 @@ def rerun_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any]
             "the report.",
         ],
     )
+
+
+def _estimated_minutes(plan_output: str) -> float:
+    """The minutes a ``ragkit eval --plan`` output estimates (its headline's "about N min")."""
+    found = re.search(r"about ([\d.,]+) (min|s)\b", plan_output)
+    if found is None:
+        raise ValueError(f"No estimate in the plan printed:\n{plan_output}")
+    value = float(found.group(1).replace(",", ""))
+    return value if found.group(2) == "min" else value / 60
 
 
 def end_to_end_full_section(bench: Bench) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]]:
@@ -718,12 +740,17 @@ def main_job_block(folder: Path, tag: str = "cpu") -> str:
     env, first = record["environment"], record["tables"]["rerun"][0]
     return "\n".join([
         f"`{record['parameters']['command']}` in a fresh cache on {env['device_name']} ({env['date'][:10]}), "
-        f"{first['minutes']:.1f} minutes end to end, printed:",
+        f"{first['minutes']:.1f} minutes end to end{_estimate_words(record['parameters'])}, printed:",
         "",
         "```text",
         record["parameters"]["output"].strip(),
         "```",
     ])  # fmt: skip
+
+
+def _estimate_words(parameters: dict[str, Any]) -> str:
+    estimate = parameters.get("estimated_minutes")
+    return "" if estimate is None else f" (`--plan` had estimated {estimate:.1f})"
 
 
 def readme_output_block(text: str, block: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -70,7 +71,20 @@ def test_readme_shows_what_the_default_evaluation_printed(script):
     readme = (ROOT / "README.md").read_text()
     block = script.main_job_block(RESULTS)
     assert script.readme_output_block(readme, block) == readme
-    assert "Reranking the top 20 of dense(all-MiniLM-L6-v2)" in block and "over 50 queries" in block
+    words = " ".join(block.split())  # the verdict is wrapped to 100 columns
+    assert "Reranking the top 20 of dense(all-MiniLM-L6-v2)" in words and "over 50 queries" in words
+    assert max(len(line) for line in block.split("```text")[1].splitlines()) <= 100
+
+
+def test_readme_says_what_the_default_evaluation_printed_and_how_long_it_took(script):
+    readme = (ROOT / "README.md").read_text()
+    block = " ".join(script.main_job_block(RESULTS).split())
+    found = readme[readme.index("## What it found") : readme.index("- On the full test splits")]
+    # Every figure the README quotes about the default job is one the run printed.
+    for figure in re.findall(r"[+-]?\d[\d,]*(?:\.\d+)?", found.replace("L-12", "").replace("MiniLM-L6", "")):
+        assert figure in block, figure
+    minutes = re.search(r"(\d+\.\d) minutes end to end", block).group(1)
+    assert f"evaluation took {minutes} minutes" in " ".join(readme.split())
 
 
 def test_headline_follows_the_results_it_is_written_from(script, tmp_path):
