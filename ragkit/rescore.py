@@ -1,4 +1,4 @@
-"""Rescoring with a second, stronger bi-encoder: the cheapest alternative to a cross-encoder.
+"""Rescoring with a second, stronger bi-encoder: an alternative to a cross-encoder that costs little at query time.
 
 A bi-encoder reranker embeds the query and each candidate on their own, with a model other
 than the first stage's (say ``BAAI/bge-small-en-v1.5`` over ``all-MiniLM-L6-v2``'s top 100),

@@ -7,7 +7,9 @@ it says what identifies it."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,3 +283,23 @@ def test_nothing_of_a_users_stage_without_a_fingerprint_is_cached(demo, tiny_emb
     assert named.cacheable
     experiment(demo, [named], **QUIET)
     assert any(results.iterdir())
+
+
+RESCORING = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "rescoring" / "results.json"
+
+
+def test_the_docs_quote_the_committed_bi_encoder_and_cross_encoder_run():
+    stored = json.loads(RESCORING.read_text())
+    page = " ".join((RESCORING.parents[3] / "docs" / "your-pipeline.md").read_text().split())
+    latency = {(r["pipeline"], r["stage"]): r["p50_ms"] for r in stored["latency"]}
+    first = "dense(all-MiniLM-L6-v2)"
+    for reranker, p_format in (("bi-encoder:bge-small-en-v1.5", ".3f"), ("ms-marco-MiniLM-L-12-v2", ".2f")):
+        name = f"{first} >> {reranker}(k=20, top_n=20)"
+        row = stored["table"][name]
+        low, high = row["nDCG@10 own ci_low"], row["nDCG@10 own ci_high"]
+        quoted = (f"by {row['nDCG@10 own delta']:+.3f} (95% CI {low:+.3f} to {high:+.3f}, p "
+                  f"{row['nDCG@10 own p_perm_holm']:{p_format}}")  # fmt: skip
+        assert quoted in page, quoted
+        assert f"for {latency[(name, 'rerank')]:,.0f} ms per query" in page
+        assert not row["nDCG@10 own significant"]  # the page says neither is distinguishable
+    assert stored["meta"]["n_queries"] == 50 and stored["meta"]["collection"] == "scifact-q50-s0"
