@@ -398,7 +398,9 @@ class _ModelKwargsLoader(CachedLoader):
 
 
 class HuggingFaceRerankerLoader(_ModelKwargsLoader):
-    """Return a cached ``langchain_community.cross_encoders.HuggingFaceCrossEncoder``.
+    """Return a cached ``langchain_community.cross_encoders.HuggingFaceCrossEncoder`` (ragkit's
+    own ``SentenceTransformersCrossEncoder``, with the same interface and scores, where
+    ``langchain-community`` is not installed: see :func:`cross_encoder_class`).
 
     Args:
         model_name: a Hub id (``"cross-encoder/ms-marco-MiniLM-L-12-v2"``) or a local folder.
@@ -418,13 +420,24 @@ class HuggingFaceRerankerLoader(_ModelKwargsLoader):
 
     @classmethod
     def _build(cls, model_name: str, config: dict[str, Any]) -> Any:
-        from langchain_community.cross_encoders import HuggingFaceCrossEncoder
-
-        model = HuggingFaceCrossEncoder(model_name=model_name, model_kwargs=dict(config["model_kwargs"]))
+        model = cross_encoder_class()(model_name=model_name, model_kwargs=dict(config["model_kwargs"]))
         # One cached instance is handed to every caller, threads included: LangChain's
         # `score` calls `client.predict` directly, so the lock goes on `predict` itself.
         serialise_predict(model.client)
         return model
+
+
+def cross_encoder_class() -> type:
+    """LangChain community's ``HuggingFaceCrossEncoder`` where ``langchain-community``
+    installs, else ragkit's :class:`ragkit.cross_encoders.SentenceTransformersCrossEncoder`
+    (the same interface and scores, on ``langchain_core`` alone): that package is being retired."""
+    try:
+        from langchain_community.cross_encoders import HuggingFaceCrossEncoder
+    except ImportError:
+        from ragkit.cross_encoders import SentenceTransformersCrossEncoder
+
+        return SentenceTransformersCrossEncoder
+    return HuggingFaceCrossEncoder
 
 
 class PlainCrossEncoder(NamedTuple):
