@@ -145,6 +145,17 @@ class _Wrapped(logging.Formatter):
                              break_long_words=False, break_on_hyphens=False)  # a path stays whole  # fmt: skip
 
 
+def _count(value: str) -> int:
+    """A number of queries for ``--queries``/``--subset``: a whole number, or ``all`` (0: no
+    reduction, for both options)."""
+    if value.strip().lower() in ("all", "none"):
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of queries or 'all', got {value!r}") from None
+
+
 def _note(text: str) -> None:
     """A remark about the options, on standard error: standard output holds only the results."""
     print(textwrap.fill(f"note: {text}", _output_width(), subsequent_indent="      "), file=sys.stderr)
@@ -281,8 +292,9 @@ def evaluate(args: argparse.Namespace) -> int:
     for collection in collections:
         n_queries = args.subset or (DEFAULT_EVAL_QUERIES if args.queries is None else args.queries)
         if n_queries >= len(collection.queries):
-            if n_queries:
-                option = "--subset" if args.subset else "--queries" if args.queries is not None else "the default"
+            asked = args.subset or args.queries  # the default sample needs no remark: the summary shows the count
+            if asked:
+                option = "--subset" if args.subset else "--queries"
                 _note(f"{option} {n_queries} is at least the {len(collection.queries)} queries "
                       f"{collection.name} ({collection.split}) has, so every query is evaluated.")  # fmt: skip
         elif args.subset:
@@ -412,17 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--queries",
-        type=int,
+        type=_count,
         default=None,
-        help=f"evaluate this many sampled queries over the whole corpus (default {DEFAULT_EVAL_QUERIES}; 0: every "
-        "query): scores estimate the full split's",
+        help=f"evaluate this many sampled queries over the whole corpus (default {DEFAULT_EVAL_QUERIES}; 'all', or 0, "
+        "evaluates every query): scores estimate the full split's",
     )
     e.add_argument(
         "--subset",
-        type=int,
+        type=_count,
         default=0,
         help="instead, a ragkit subset of this many queries and about 1,000 documents with BM25 hard negatives: "
-        "quick, but not comparable with full-split scores, and biased against BM25",
+        "quick, but not comparable with full-split scores, and biased against BM25 (default: none; 0 likewise)",
     )
     e.add_argument("--seed", type=int, default=0, help="query sampling seed")
     e.add_argument(

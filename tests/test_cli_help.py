@@ -32,3 +32,16 @@ def test_eval_help_states_every_default_once(capsys):
     assert f"candidates the reranker sees (default: {DEFAULT_RERANK_K})" in text
     assert f"ir-measures names (default: {' '.join(DEFAULT_MEASURES)})" in text
     assert "the split whose queries and judgements are evaluated (default: test)" in text
+
+
+def test_zero_and_all_mean_every_query_for_both_query_options(capsys):
+    from ragkit.cli import build_parser
+
+    parser = build_parser()
+    for option in ("queries", "subset"):
+        for value in ("all", "0"):
+            assert getattr(parser.parse_args(["eval", f"--{option}", value]), option) == 0
+        assert getattr(parser.parse_args(["eval", f"--{option}", "25"]), option) == 25
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--queries", "many"])
+    assert "expected a number of queries or 'all', got 'many'" in capsys.readouterr().err
