@@ -62,9 +62,13 @@ def versions() -> dict[str, str]:
         >>> sorted(versions())[:3]
         ['ir-measures', 'python', 'ragkit']
     """
-    # Installed metadata, not the modules: importing sentence-transformers takes seconds.
-    names = ["ragkit", "torch", "transformers", "sentence-transformers", "ir-measures"]
-    return {**{n: importlib.metadata.version(n) for n in names}, "python": platform.python_version()}
+    from ragkit import __version__
+
+    # Installed metadata, not the modules: importing sentence-transformers takes seconds. ragkit's
+    # own is the version it was built from (its distribution is named ragkit-rerank: pyproject.toml).
+    names = ["torch", "transformers", "sentence-transformers", "ir-measures"]
+    installed = {n: importlib.metadata.version(n) for n in names}
+    return {"ragkit": __version__, **installed, "python": platform.python_version()}
 
 
 def model_state(model_id: str) -> Any:

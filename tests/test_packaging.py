@@ -46,8 +46,10 @@ def test_every_imported_distribution_is_declared():
 def test_the_version_and_licence_are_written_once_and_shipped():
     import ragkit
 
-    assert importlib.metadata.version("ragkit") == ragkit.__version__
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # Installed as ragkit-rerank (the name "ragkit" on PyPI is another project), imported as ragkit.
+    assert project["name"] == "ragkit-rerank" and project["scripts"] == {"ragkit": "ragkit.cli:main"}
+    assert importlib.metadata.version(project["name"]) == ragkit.__version__
     assert "version" not in project and project["dynamic"] == ["version"]
     assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
     assert (ROOT / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
