@@ -44,14 +44,16 @@ from ragkit.errors import ConfigError, DataError
 from ragkit.settings import (
     BEIR_DIR_ENV,
     BEIR_MIRROR_ENV,
+    CACHE_DIR_ENV,
+    DATA_DIR_ENV,
     DEFAULT_SUBSET_DOCS,
     DEFAULT_SUBSET_HARD_NEGATIVES,
     DEFAULT_SUBSET_QUERIES,
     DEFAULT_SUBSET_SEED,
     NETWORK_PROBE_TIMEOUT_S,
     OFFLINE_ENV,
-    beir_dir,
-    data_dir,
+    beir_download_dir,
+    beir_search_dirs,
     env_flag,
 )
 
@@ -293,8 +295,9 @@ def known_collections() -> list[str]:
 def load_beir(name_or_path: str | Path, split: str = "test", *, download: bool = True) -> BeirCollection:
     """Load a BEIR collection by name (``"scifact"``, ``"nfcorpus"``, ..., ``"demo"``) or by folder.
 
-    A name is looked up, in order, in ``$RAGKIT_BEIR_DIR/<name>``, then ``<data dir>/beir/<name>``
-    (``$RAGKIT_DATA_DIR``, default ``./data``), and is otherwise downloaded there (the
+    A name is looked up, in order, in ``$RAGKIT_BEIR_DIR/<name>``, then ``<downloads>/<name>``
+    (``$RAGKIT_DATA_DIR/beir``, default ``<cache dir>/beir``, see
+    :func:`ragkit.settings.beir_download_dir`), and is otherwise downloaded there (the
     official BEIR zip, checked against its md5, else the Hugging Face copy, checked against
     the official counts). ``"demo"`` is the small corpus shipped inside ragkit. A
     ``cqadupstack`` forum loads as ``"cqadupstack/<forum>"``. Every line is checked; a
@@ -351,9 +354,7 @@ def _resolve(name_or_path: str | Path, split: str) -> tuple[Path | None, str]:
         return Path(name_or_path), Path(name_or_path).name
     if name == "demo":
         return DEMO_DIR, "demo"
-    candidates = [data_dir() / "beir" / name]
-    if beir_dir() is not None:
-        candidates.insert(0, beir_dir() / name)
+    candidates = [folder / name for folder in beir_search_dirs()]
     for folder in candidates:
         if folder.is_dir():
             return folder, name
@@ -377,7 +378,8 @@ def download_beir(
     md5: str | None = None,
     root: Path | None = None,
 ) -> Path:
-    """Download a collection into ``<root>/<name>`` (default root: ``<data dir>/beir``) unless it is there.
+    """Download a collection into ``<root>/<name>`` unless it is there (default root:
+    :func:`ragkit.settings.beir_download_dir`, ``$RAGKIT_DATA_DIR/beir`` or ``<cache dir>/beir``).
 
     Without ``url`` the official BEIR zip is tried first (or ``$RAGKIT_BEIR_MIRROR/<name>.zip``),
     then the Hugging Face copies ``BeIR/<name>`` and ``BeIR/<name>-qrels``. The zip is checked
@@ -818,15 +820,24 @@ def _zip_url(name: str) -> str:
 
 
 def _not_here_message(name: str, split: str, problems: list[str], root: Path | None = None) -> str:
-    root = root if root is not None else data_dir() / "beir"
     parent, _, forum = name.partition("/")
+    if root is None:  # load_beir's lookup: every folder it searched, the last where downloads land
+        root = beir_download_dir()
+        searched = [str(folder / name) for folder in beir_search_dirs()]
+        searched[-1] += f" (downloads: ${DATA_DIR_ENV}/beir, else the beir folder of ${CACHE_DIR_ENV})"
+        if os.environ.get(BEIR_DIR_ENV):
+            searched[0] += f" (${BEIR_DIR_ENV})"
+        else:
+            searched[-1] += f"; ${BEIR_DIR_ENV} is not set"
+    else:
+        searched = [str(root / name)]
     layout = f"{name}/corpus.jsonl, {name}/queries.jsonl and {name}/qrels/{split}.tsv"
     listed = "".join(f"\n  - {problem}" for problem in problems)
     return (
         f"BEIR collection {name!r} is not on this machine and was not downloaded:{listed}\n"
-        f"Fix: set {BEIR_DIR_ENV} to a folder that holds {layout} (tests and notebooks use "
-        f"{BEIR_DIR_ENV}=../shared/beir), or fill {root / name} with those files, e.g. by unzipping "
-        f"{manifest()['zip_url'].format(name=parent)} into {root}"
+        f"Looked in: {', '.join(searched)}.\n"
+        f"Fix: set {BEIR_DIR_ENV} to a folder that holds {layout} (a copy made on a machine with "
+        f"internet), or download {manifest()['zip_url'].format(name=parent)} and unzip it into {root}"
         + (f" (the forum is the {forum}/ folder inside)." if forum else ".")
     )
 
@@ -835,12 +846,14 @@ def _download(
     name: str, split: str, *, url: str | None = None, md5: str | None = None, root: Path | None = None
 ) -> tuple[Path, BeirCollection | None]:
     """Fetch ``name`` into ``<root>/<name>``; also returns the collection when validation loaded it."""
-    root = root if root is not None else data_dir() / "beir"
+    given_root, root = root, root if root is not None else beir_download_dir()
     target = root / name
     if target.is_dir():
         return target, None
     if env_flag(OFFLINE_ENV):
-        raise DataError(_not_here_message(name, split, [f"{OFFLINE_ENV}=1 is set, so no download was tried"], root))
+        raise DataError(
+            _not_here_message(name, split, [f"{OFFLINE_ENV}=1 is set, so no download was tried"], given_root)
+        )
 
     info = manifest()["collections"].get(name, {})
     sources = [("zip", url or _zip_url(name))]
@@ -863,7 +876,7 @@ def _download(
             return _fetch_into_place(kind, location, name, split, md5 or info.get("zip_md5"), root, target)
         except DataError as error:
             problems.append(f"{label}: {error}")
-    raise DataError(_not_here_message(name, split, problems, root))
+    raise DataError(_not_here_message(name, split, problems, given_root))
 
 
 def _fetch_into_place(

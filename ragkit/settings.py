@@ -3,10 +3,12 @@
 Every default a user may want to change lives here, so the notebooks, the command line
 and the tests read the same value. Environment variables override the paths:
 
-- ``RAGKIT_BEIR_DIR``: a folder holding BEIR collections as ``<dir>/<name>/corpus.jsonl``...
-  (CI and the notebooks point it at ``../shared/beir``).
-- ``RAGKIT_DATA_DIR``: where downloads land (default: ``data/`` in the working directory).
-- ``RAGKIT_CACHE_DIR``: where Chroma indexes, first-stage runs and pair scores are cached.
+- ``RAGKIT_BEIR_DIR``: a folder holding BEIR collections as ``<dir>/<name>/corpus.jsonl``...,
+  searched first.
+- ``RAGKIT_DATA_DIR``: where downloaded collections land, in ``<dir>/beir`` (default: the
+  ``beir`` folder of the cache directory; never the working directory).
+- ``RAGKIT_CACHE_DIR``: where Chroma indexes, first-stage runs and pair scores are cached
+  (default ``~/.cache/ragkit``).
 """
 
 from __future__ import annotations
@@ -61,15 +63,23 @@ NOTEBOOK_QUERIES = int(os.environ.get("RAGKIT_NOTEBOOK_QUERIES", "15"))
 NOTEBOOK_DOCS = int(os.environ.get("RAGKIT_NOTEBOOK_DOCS", "300"))
 
 
-def data_dir() -> Path:
-    """Folder for downloaded collections: ``$RAGKIT_DATA_DIR`` or ``./data``."""
-    return Path(os.environ.get(DATA_DIR_ENV, "data"))
-
-
 def cache_dir() -> Path:
     """Folder for indexes and score caches: ``$RAGKIT_CACHE_DIR`` or ``~/.cache/ragkit``."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ragkit"
     return Path(os.environ.get(CACHE_DIR_ENV, default))
+
+
+def beir_download_dir() -> Path:
+    """Where named BEIR collections are downloaded to, as ``<folder>/<name>``:
+    ``$RAGKIT_DATA_DIR/beir``, else ``<cache dir>/beir``, so that a download never lands in the
+    working directory. ``ragkit cache clear`` leaves this folder alone.
+
+    Example:
+        >>> beir_download_dir().name
+        'beir'
+    """
+    data = os.environ.get(DATA_DIR_ENV)
+    return Path(data) / "beir" if data else cache_dir() / "beir"
 
 
 def env_flag(variable: str) -> bool:
@@ -88,6 +98,12 @@ def beir_dir() -> Path | None:
     """Folder named by ``$RAGKIT_BEIR_DIR``, or ``None`` when the variable is unset."""
     value = os.environ.get(BEIR_DIR_ENV)
     return Path(value) if value else None
+
+
+def beir_search_dirs() -> list[Path]:
+    """The folders a BEIR collection is looked for in by name, in order: ``$RAGKIT_BEIR_DIR``
+    (when set), then :func:`beir_download_dir`, where a missing one is downloaded to."""
+    return [folder for folder in (beir_dir(), beir_download_dir()) if folder is not None]
 
 
 # Evaluation. ir-measures names: nDCG@10, RR@10 (MRR@10) and R@100 are what BEIR reports.

@@ -37,6 +37,7 @@ from ragkit.errors import DataError, RagkitError
 from ragkit.settings import (
     BEIR_DIR_ENV,
     BEIR_MIRROR_ENV,
+    CACHE_DIR_ENV,
     DATA_DIR_ENV,
     DEFAULT_SUBSET_DOCS,
     DEFAULT_SUBSET_QUERIES,
@@ -699,6 +700,33 @@ def test_offline_flag_fails_at_once(tmp_path, monkeypatch):
     message = assert_fast_offline_error(lambda: load_beir("fiqa"), "fiqa", tmp_path / "data")
     assert f"{OFFLINE_ENV}=1 is set" in message
     assert leftovers(tmp_path / "data") == []
+
+
+def test_downloads_default_to_the_cache_never_the_working_directory(tmp_path, monkeypatch):
+    """Without $RAGKIT_DATA_DIR a collection is looked for in $RAGKIT_BEIR_DIR, then in the cache's
+    beir/ folder, where a download would land; the error names both and what to set."""
+    monkeypatch.delenv(DATA_DIR_ENV)
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(BEIR_DIR_ENV, str(tmp_path / "shared"))
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    (tmp_path / "cwd" / "data" / "beir").mkdir(parents=True)
+    write_collection(tmp_path / "cwd" / "data" / "beir" / "fiqa")  # a working directory's data/ is not read
+    monkeypatch.chdir(tmp_path / "cwd")
+
+    message = assert_fast_offline_error(lambda: load_beir("fiqa"), "fiqa", tmp_path / "cache")
+    assert (
+        f"Looked in: {tmp_path / 'shared' / 'fiqa'} (${BEIR_DIR_ENV}), {tmp_path / 'cache' / 'beir' / 'fiqa'}"
+        in message
+    )
+    assert "data/beir" not in message and "../shared" not in message
+    assert sorted(p.name for p in (tmp_path / "cwd").iterdir()) == ["data"]
+    assert not (tmp_path / "cache").exists()
+
+    write_collection(tmp_path / "cache" / "beir" / "tiny")
+    assert load_beir("tiny").source == tmp_path / "cache" / "beir" / "tiny"
+    monkeypatch.delenv(BEIR_DIR_ENV)
+    message = assert_fast_offline_error(lambda: load_beir("fiqa"), "fiqa", tmp_path / "cache")
+    assert f"${BEIR_DIR_ENV} is not set" in message
 
 
 def test_download_false_fails_at_once(tmp_path, monkeypatch):
