@@ -302,12 +302,10 @@ def evaluate(args: argparse.Namespace) -> int:
         elif n_queries:
             collection = sample_queries(collection, n_queries, seed=args.seed)
         evaluated.append(collection)
-    from ragkit.registry import FIRST_STAGES
-
     first_stages = dict.fromkeys(p.own_first_stage() for p in pipelines)
     for collection in evaluated:  # every collection's run files checked before the first one's work
         for p in first_stages:
-            FIRST_STAGES[p.retriever].check_input(collection, p)
+            p.kind.check_input(collection, p)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ragkit.plan import plan
