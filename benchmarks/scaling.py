@@ -37,6 +37,7 @@ is stopped: the figures for that size are then extrapolated, and labelled so.
     python benchmarks/scaling.py                                # 10k, 100k, 1M: about 35 minutes on 2 cores
     python benchmarks/scaling.py --sizes 10000 100000 --queries 500
     python benchmarks/scaling.py --sizes 2000 --output-dir /tmp/scaling --work-dir /tmp
+    python benchmarks/scaling.py --plot-only                    # redraw the plot from the stored JSON
 
 It writes ``scaling-cpu.json`` (the record, with its provenance), ``scaling-cpu.md`` (the
 table) and ``scaling-cpu.png`` (a log-log plot) to ``--output-dir`` (default
@@ -1164,6 +1165,20 @@ def _load_line(env: dict[str, Any]) -> str:
     )
 
 
+def _plain_log_ticks(axis: Any, low: float, high: float) -> None:
+    """A log axis's ticks as plain numbers (``20``, ``1.1``), not ``2 x 10^1``: the powers of
+    ten; between them every tick where the axis spans less than a decade (nothing would show
+    otherwise), the 2s and 5s where it spans less than two."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(value: float, _: Any) -> str:
+        leading = f"{value:e}"[0]
+        return f"{value:g}" if high / low < 10 or (high / low < 100 and leading in "25") else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
 def plot(record: dict[str, Any], path: Path) -> Path:
     """A log-log plot of build time, p50 latency and the batch's run time against corpus size;
     extrapolated points hollow, on a dashed line."""
@@ -1200,10 +1215,14 @@ def plot(record: dict[str, Any], path: Path) -> Path:
         lexical = [(r["documents"], r[field]) for r in record["tables"].get("bm25", []) if r.get(field)]
         if lexical:
             ax.plot(*zip(*lexical), "s-", color="tab:green", label="BM25 (in memory)")
-        for x, y, _ in points:
-            ax.annotate(_cell(float(y)), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        largest = max((x for x, _, _ in points), default=None)
+        for x, y, _ in points:  # the largest size's label left of its point, inside the axes
+            left = x == largest
+            ax.annotate(_cell(float(y)), (x, y), textcoords="offset points", xytext=(-5 if left else 5, -11),
+                        ha="right" if left else "left", fontsize=7)  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis, *ax.get_ylim())
         ax.set_xlabel("documents")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
@@ -1215,7 +1234,7 @@ def plot(record: dict[str, Any], path: Path) -> Path:
         f"({env['date'][:10]})",
         fontsize=10,
     )
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return path
 
@@ -1265,7 +1284,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic vectors (default 0)")
     parser.add_argument("--no-bm25", action="store_true", help="measure the Chroma index only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--plot-only",
+        action="store_true",
+        help="measure nothing: redraw scaling-cpu.png from the scaling-cpu.json already in --output-dir",
+    )
     args = parser.parse_args(argv)
+    if args.plot_only:
+        stored = Path(args.output_dir) / f"{SECTION}-{TAG}.json"
+        if not stored.is_file():
+            parser.error(f"--plot-only redraws {stored}, which does not exist: run the measurement first.")
+        print(f"-> {plot(json.loads(stored.read_text()), stored.with_suffix('.png'))}")
+        return 0
     try:
         record = run(
             sizes=args.sizes,
