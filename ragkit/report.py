@@ -107,40 +107,68 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return front
 
 
+def _number_points(ax, marks: list[tuple[tuple[float, float], str, str]]) -> None:
+    """Each point's number just right of it, moved down where it would cover a number above it
+    (points a few pixels apart, such as pipelines of the same latency), on a white ground so
+    error bars do not cross it. Call once the axis limits are set."""
+    to_points = 72 / ax.figure.dpi
+    placed: list[tuple[float, float]] = []
+    for (x, y), text, colour in sorted(marks, key=lambda mark: -mark[0][1]):
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        label = py + 2
+        for other_x, other_y in placed:
+            if abs(other_x - px) < 16 and label > other_y - 10:
+                label = other_y - 10
+        placed.append((px, label))
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, label - py), fontsize=8, va="center",
+                    fontweight="bold", color=colour,
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})  # fmt: skip
+
+
 def frontier_plot(result: EvaluationResult, measure: str | None = None) -> Figure:
     """What each point of quality costs: every pipeline's delta against the baseline (95% CI)
-    against its milliseconds per query (median, 95% CI), labelled in place, with the pipelines
-    no other is both faster and better than joined (the Pareto frontier)."""
+    against its milliseconds per query (median, 95% CI), each point numbered and named in the
+    legend below the axes, with the pipelines no other is both faster and better than joined
+    (the Pareto frontier)."""
     import matplotlib.pyplot as plt
 
     m = measure or result.measures[0]
     t, colour = result.table, colours(result)
     total = result.latency[result.latency["stage"] == "total"].set_index("pipeline")
-    fig, ax = plt.subplots(figsize=(8, 5))
-    points = {}
-    for name, row in t.iterrows():
-        if name not in total.index:
-            continue
-        ms = total.loc[name]
-        delta = 0.0 if row["baseline"] else row[f"{m} delta"]
-        points[name] = (float(ms["p50_ms"]), float(delta))
+    names = [name for name in t.index if name in total.index]
+    fig, ax = plt.subplots(figsize=(8, 4.2 + 0.17 * (len(names) + 1)))
+    points, xs, ys = {}, [], []
+    for number, name in enumerate(names, start=1):
+        row, ms = t.loc[name], total.loc[name]
+        delta = 0.0 if row["baseline"] else float(row[f"{m} delta"])
+        points[name] = (float(ms["p50_ms"]), delta)
         yerr = None
         if not row["baseline"] and np.isfinite(row[f"{m} ci_low"]) and np.isfinite(row[f"{m} ci_high"]):
             yerr = [[delta - row[f"{m} ci_low"]], [row[f"{m} ci_high"] - delta]]
+            ys += [row[f"{m} ci_low"], row[f"{m} ci_high"]]
         xerr = None
-        if "p50_ci_low" in ms:
+        if "p50_ci_low" in ms and np.isfinite(ms["p50_ci_low"]) and np.isfinite(ms["p50_ci_high"]):
             xerr = [[ms["p50_ms"] - ms["p50_ci_low"]], [ms["p50_ci_high"] - ms["p50_ms"]]]
-        ax.errorbar(ms["p50_ms"], delta, xerr=xerr, yerr=yerr, fmt="o", color=colour[name], capsize=3, ms=7)
-        ax.annotate(_label(name), (ms["p50_ms"], delta), textcoords="offset points", xytext=(6, 6), fontsize=7,
-                    color=colour[name])  # fmt: skip
+            xs += [ms["p50_ci_low"], ms["p50_ci_high"]]
+        xs.append(ms["p50_ms"])
+        ys.append(delta)
+        ax.errorbar(ms["p50_ms"], delta, xerr=xerr, yerr=yerr, fmt="o", color=colour[name], capsize=3, ms=7,
+                    label=f"{number}  {name}")  # fmt: skip
     if points:
         front = pareto_front(points)
         ax.plot([points[n][0] for n in front], [points[n][1] for n in front], "--", color="grey", lw=1,
                 label="Pareto frontier: no pipeline is both faster and better")  # fmt: skip
-        ax.legend(fontsize=7, loc="lower right")
-        ax.set_xscale("log")
+        positive = [x for x in xs if x > 0]
+        if positive:  # a log axis, with room on both sides for the points' numbers
+            ax.set_xscale("log")
+            ax.set_xlim(min(positive) / 2, max(positive) * 3)
+        low, high = min([*ys, 0.0]), max([*ys, 0.0])
+        pad = 0.08 * (high - low or 1.0)
+        ax.set_ylim(low - pad, high + pad)
+        _number_points(ax, [(points[name], str(number), colour[name]) for number, name in enumerate(names, start=1)])
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.16), ncol=1, frameon=False)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xlabel(f"ms per query, median of queries served one at a time (95% CI), {result.meta['device']}")
+    ax.set_xlabel(f"ms per query, median of queries served one at a time (95% CI), {result.meta['device']}", fontsize=8)
     ax.set_ylabel(f"{m} delta against {result.baseline} (95% CI)", fontsize=8)
     ax.set_title(f"{m} against latency", fontsize=10)
     fig.tight_layout()
