@@ -4,7 +4,7 @@ options users mistype. The target is under 2 s: every option is checked before t
 chromadb or LangChain is imported, so none of them is paid for a typo.
 
 Prints a table and writes ``benchmarks/results/cli_startup-cpu.json`` (the section format
-``harness.stored_results`` reads) with the machine, versions, load average and date.
+``ragkit.profiling.stored_results`` reads) with the machine, versions, load average and date.
 
     python benchmarks/cli_startup.py                   # this checkout, about a minute
     python benchmarks/cli_startup.py --before 5668faa  # and the same commands at an older commit

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from harness import path_targets, stored_results, time_eval  # benchmarks/harness.py, in this script's folder
+from harness import time_eval  # benchmarks/harness.py, in this script's folder
 
 from ragkit import load_beir, make_subset
 from ragkit.backends import export_onnx, onnx_scorer
@@ -62,8 +62,10 @@ from ragkit.profiling import (
     max_length_effect,
     ndcg_at_10,
     padding_cost,
+    path_targets,
     reranking_paths,
     score_agreement,
+    stored_results,
     time_calls,
 )
 from ragkit.provenance import environment

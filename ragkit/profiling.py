@@ -14,7 +14,11 @@ paths, batch sizes and lengths can be set side by side:
 - :func:`padding_cost`: the tokens each batching plan pushes through the model, counted
   rather than timed, so that it holds on a busy machine too;
 - :func:`batch_size_sweep`, :func:`max_length_effect`: throughput (and nDCG@10) across batch
-  sizes and maximum lengths; :func:`loader_timings`: what the cached loaders save.
+  sizes and maximum lengths; :func:`loader_timings`: what the cached loaders save;
+- :func:`path_targets`: the throughput targets the cost benchmark was built to, checked on a
+  :func:`compare_paths` table; :func:`stored_results`, :func:`stored_tags`: the records
+  ``benchmarks/rerank_cost.py`` and the benchmarks sharing its format committed, read back
+  from the folder given (``benchmarks/results`` in a checkout; an installed package has none).
 
 Other runtimes (ONNX Runtime, OpenVINO) are in :mod:`ragkit.backends`; where and with what a
 measurement was taken, in :func:`ragkit.provenance.environment`. ``benchmarks/rerank_cost.py``
@@ -34,11 +38,13 @@ Example::
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -666,6 +672,76 @@ def loader_timings(
     }
 
 
+# ----------------------------------------------------------------------------- targets and committed results
+
+
+def path_targets(table: pd.DataFrame, device: str) -> pd.DataFrame:
+    """The throughput targets the cost benchmark was built to, checked on a :func:`compare_paths`
+    table: (a) at least 0.97 x (b), (a) at least 1.5 x (c), (d) at least 1.1 x (a) on a CPU and
+    2 x (a) on a GPU.
+
+    Example::
+
+        path_targets(compare_paths(model, sample), "cpu")
+    """
+    rate = dict(zip(table["path"], table["pairs_per_s"]))
+    gpu = resolve_device(device).startswith("cuda")
+    checks = [
+        ("(a) vs (b)", "langchain", "sentence_transformers", 0.97),
+        ("(a) vs (c)", "langchain", "naive_transformers", 1.5),
+        ("(d) vs (a)", "pooled", "langchain", 2.0 if gpu else 1.1),
+    ]
+    rows = []
+    for name, top, bottom, target in checks:
+        ratio = rate[top] / rate[bottom] if top in rate and bottom in rate else float("nan")
+        rows.append(
+            {
+                "target": name,
+                "ratio": ratio,
+                "at_least": target,
+                "met": bool(ratio >= target) if ratio == ratio else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def stored_results(folder: str | Path, tag: str = "cpu") -> dict[str, dict[str, Any]]:
+    """The section records stored for one device: section name -> its record (``title``,
+    ``environment``, ``parameters``, ``notes``, and ``tables``, each a list of rows that
+    ``pd.DataFrame`` takes as is). ``rerank_cost.py`` writes most of them; ``multi_process.py``
+    and ``scaling.py`` write theirs in the same format. Files of another format (such as
+    ``passages.py``'s) are left out.
+
+    Example::
+
+        stored = stored_results("benchmarks/results", "cpu")
+        pd.DataFrame(stored["throughput"]["tables"]["targets"])
+    """
+    records = {
+        p.name.removesuffix(f"-{tag}.json"): json.loads(p.read_text())
+        for p in sorted(Path(folder).glob(f"*-{tag}.json"))
+    }
+    found = {name: record for name, record in records.items() if "section" in record}
+    if not found:
+        raise RagkitError(f"No benchmark results for {tag!r} in {folder}: run benchmarks/rerank_cost.py there first.")
+    return found
+
+
+def stored_tags(folder: str | Path, prefix: str = "") -> list[str]:
+    """The device tags ``folder`` holds results for, sorted: ``"cpu"``, and ``"cuda-"`` followed
+    by the GPU's name for each GPU measured; only those starting with ``prefix``.
+
+    Files are named ``<section>-<tag>.json``, and section names have no hyphen.
+
+    Example::
+
+        stored_tags("benchmarks/results")  # ['cpu']
+        stored_tags("benchmarks/results", "cuda")  # [] until a GPU run is committed
+    """
+    tags = {p.stem.split("-", 1)[1] for p in Path(folder).glob("*-*.json")}
+    return sorted(t for t in tags if t.startswith(prefix))
+
+
 __all__ = [
     "PATHS",
     "Candidates",
@@ -678,8 +754,11 @@ __all__ = [
     "max_length_effect",
     "ndcg_at_10",
     "padding_cost",
+    "path_targets",
     "reranking_paths",
     "score_agreement",
+    "stored_results",
+    "stored_tags",
     "throughput",
     "time_calls",
 ]

@@ -54,7 +54,7 @@ def test_every_cpu_section_is_committed_with_its_provenance():
 
 
 def test_stored_results_reads_section_records_only(script, tmp_path):
-    stored = script.stored_results(RESULTS, "cpu")  # the script's own import of harness
+    stored = script.stored_results(RESULTS, "cpu")  # ragkit.profiling's, as the script imports it
     assert set(SECTIONS_MEASURED_ON_CPU) <= set(stored)
     assert "passages" not in stored  # a file of another format, read by notebooks 02 and 03 themselves
     (tmp_path / "passages-cpu.json").write_text(json.dumps({"rows": []}))

@@ -5,8 +5,6 @@ they say. No timing is asserted: only the bookkeeping around the clock."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +21,7 @@ from ragkit.profiling import (
     max_length_effect,
     ndcg_at_10,
     padding_cost,
+    path_targets,
     reranking_paths,
     score_agreement,
     throughput,
@@ -30,12 +29,6 @@ from ragkit.profiling import (
 )
 from ragkit.provenance import environment
 from ragkit.rerank import load_reranker, score_pairs
-
-# benchmarks/harness.py is repository plumbing, not part of the package: import it from its folder.
-BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
-from harness import path_targets  # noqa: E402
 
 
 @pytest.fixture()
