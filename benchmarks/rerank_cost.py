@@ -666,11 +666,14 @@ def headline(folder: Path, tag: str) -> str:
                 for t in table
             ]
     if (record := stored.get("backends")) is not None:
+        # How much evidence a quality change rests on: its queries (no interval was computed).
+        quality = record["parameters"].get("quality", {})
+        on = f" on {quality['queries']} subset queries, no interval" if quality.get("queries") else ""
         rows += [
             {
                 "measure": f"backend {r['backend']}",
                 "measured": f"{r['speed_vs_torch']:.2f} x torch fp32"
-                + (f", nDCG@10 {r['ndcg@10_delta']:+.3f}" if r.get("ndcg@10_delta") is not None else ""),
+                + (f", nDCG@10 {r['ndcg@10_delta']:+.3f}{on}" if r.get("ndcg@10_delta") is not None else ""),
                 "target": r["verdict"],
             }
             for r in record["tables"]["backends"]
