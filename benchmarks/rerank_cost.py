@@ -743,12 +743,19 @@ def main_job_block(folder: Path, tag: str = "cpu") -> str:
     when and how long: the README shows it on its first screen."""
     record = stored_results(folder, tag)["rerun"]
     env, first = record["environment"], record["tables"]["rerun"][0]
+    output = record["parameters"]["output"].strip()
+    # Trimmed where the table of each reranker against its own first stage begins: with one
+    # reranker it repeats the rows above, and the report keeps it.
+    cut = output.find("\nEach reranker against its own first stage:")
+    if cut >= 0:
+        report = output[output.rfind("\nReport written to") :].strip()
+        output = output[:cut].rstrip() + "\n\n[... each reranker against its own first stage ...]\n\n" + report
     return "\n".join([
         f"`{record['parameters']['command']}` in a fresh cache on {env['device_name']} ({env['date'][:10]}), "
-        f"{first['minutes']:.1f} minutes end to end{_estimate_words(record['parameters'])}, printed:",
+        f"{first['minutes']:.1f} minutes end to end{_estimate_words(record['parameters'])}, printed (trimmed):",
         "",
         "```text",
-        record["parameters"]["output"].strip(),
+        output,
         "```",
     ])  # fmt: skip
 
