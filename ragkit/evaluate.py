@@ -857,6 +857,12 @@ def pool(results: Sequence[EvaluationResult], *, n_resamples: int = N_RESAMPLES,
                             timings=timings)  # fmt: skip
 
 
+def _run_key(fingerprint: str, search_mode: Sequence[str], query_ids: list[str], texts: list[str], depth: int) -> str:
+    """The key of a first stage's cached run: its identity, the queries by id and text (a run
+    file ranks by id, the other stages by text) and the depth."""
+    return digest("runs", FORMATS["runs"], fingerprint, list(zip(query_ids, texts)), depth, *search_mode)
+
+
 def _first_stage_run(
     stage: FirstStage,
     name: str,
@@ -874,8 +880,7 @@ def _first_stage_run(
     if stage.fingerprint is None:  # a stage of the user's own that cannot say when it changes
         return check_hits(name, stage.retrieve(list(zip(query_ids, texts)), depth), collection.corpus, n, depth,
                           stage.fills_depth)  # fmt: skip
-    # Queries by id and text: a run file ranks by id, the other stages by text.
-    key = digest("runs", FORMATS["runs"], stage.fingerprint, list(zip(query_ids, texts)), depth, *stage.search_mode)
+    key = _run_key(stage.fingerprint, stage.search_mode, query_ids, texts, depth)
     if reuse:
         stored = cache.read(
             "runs", key, check=lambda h: hits_problem(h, collection.corpus, n, depth, stage.fills_depth)

@@ -2,8 +2,8 @@
 
 :func:`plan` lists the work of ``experiment(collection, pipelines, ...)``: the documents each
 dense index must embed (none when ragkit's cache holds the index), the (query, passage) pairs
-each reranker scores at most (fewer when some are in the pair-score cache: which ones is known
-only once the first stage has run), and the queries timed one at a time; or that the whole
+each reranker scores (exactly, less those in the pair-score cache, when the first stage's run is
+cached; else at most ``k`` per query), and the queries timed one at a time; or that the whole
 result is cached. It estimates the minutes from rates
 measured on this machine: a short calibration (32 of the collection's own documents embedded,
 32 of its (query, document) pairs scored, with each model on the run's device), remembered in
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragkit.cache import Cache, digest
-from ragkit.evaluate import Pipeline, _first_stage_key, _prepared, _reranker_key
+from ragkit.evaluate import Pipeline, _first_stage_key, _prepared, _reranker_key, _run_key
 from ragkit.provenance import device_description, machine_state, model_state, now
 from ragkit.settings import LONG_RUN_MINUTES
 from ragkit.stages import StageContext, short_name
@@ -127,12 +127,13 @@ def plan(
     rates = _Rates(cache, collection, device, settings.batch_size, calibrate=calibrate)
     n = len(collection.queries)
     # Every dense index the run builds (the pipelines' own, a hybrid's and a fusion's parts'), once.
-    indexes: dict[tuple[Any, ...], tuple[int, bool]] = {}
+    indexes: dict[tuple[Any, ...], Any] = {}
     for first in (part for p in prepared.pipelines for part in _parts(p.own_first_stage())):
         key = _index_key(first)
         if first.embedder is None or key in indexes:
             continue
-        indexes[key] = vectors, cached = _index_state(collection, first, device, prepared.client)
+        indexes[key] = state = _index_state(collection, first, device, prepared.client)
+        vectors, cached = state.vectors, state.held
         what = f"embed {vectors:,} {'passages' if first.chunk_size else 'documents'} with {short_name(first.embedder)}"
         if cached:
             out.steps.append(Step(what, 0.0, cached=True))
@@ -142,7 +143,7 @@ def plan(
 
     def passages_per_document(p: Pipeline) -> float:
         # The collection's mean passages per document, which the top k's mean is close to.
-        return 1.0 if p.chunk_size is None else indexes[_index_key(p)][0] / max(1, len(collection.corpus))
+        return 1.0 if p.chunk_size is None else indexes[_index_key(p)].vectors / max(1, len(collection.corpus))
 
     # Each reranker scores the pairs of its deepest k once (a k sweep shares them).
     deepest: dict[tuple[Any, ...], Pipeline] = {}
@@ -151,12 +152,22 @@ def plan(
         if p.reranker and (group not in deepest or p.k > deepest[group].k):
             deepest[group] = p
     for p in deepest.values():
+        label = p.reranker_family.label(p.reranker_model)  # type: ignore[union-attr]
+        per_second, loaded = rates.scoring(p)
+        known = _known_pairs(collection, prepared, p, indexes) if use_cache else None
+        if known is not None:  # the first stage's run is cached: its pairs are known
+            pairs, cached = known
+            what = (
+                f"score {pairs - cached:,} pairs with {label} ({cached:,} of its {pairs:,} are in the pair-score cache)"
+            )
+            out.steps.append(Step(what, _seconds(pairs - cached, per_second) + (loaded if pairs > cached else 0.0),
+                                  cached=pairs == cached, rate=_rate(per_second, "pairs")))  # fmt: skip
+            continue
         per_doc = passages_per_document(p)
         pairs = round(n * min(p.k, out.n_documents) * per_doc)
-        what = f"score at most {pairs:,} pairs with {p.reranker_family.label(p.reranker_model)} ({n} queries x k={p.k}"
+        what = f"score at most {pairs:,} pairs with {label} ({n} queries x k={p.k}"
         what += f" x {per_doc:.1f} passages" if per_doc != 1 else ""
         what += "; those in the pair-score cache are not scored again)" if use_cache else ")"
-        per_second, loaded = rates.scoring(p)
         out.steps.append(Step(what, _seconds(pairs, per_second) + loaded, rate=_rate(per_second, "pairs")))
     timed = min(settings.latency_queries, n)
     if timed > 0:
@@ -171,6 +182,33 @@ def plan(
                               f"{len(prepared.pipelines)} pipelines (timings made before on this machine are reused)",
                               seconds))  # fmt: skip
     return out
+
+
+def _known_pairs(
+    collection: Any, prepared: Any, p: Pipeline, indexes: dict[tuple[Any, ...], Any]
+) -> tuple[int, int] | None:
+    """The (query, document) pairs a reranked pipeline scores and how many of them the
+    pair-score cache holds, when its first stage's run is cached (a dense stage over whole
+    documents, whose identity the index state gives); else ``None``: the pairs are known only
+    once the first stage has run."""
+    first = p.own_first_stage()
+    if first.kind.name != "dense" or first.chunk_size is not None:
+        return None
+    state = indexes[_index_key(first)]
+    query_ids = sorted(collection.queries)
+    texts = [collection.queries[q] for q in query_ids]
+    depth = max(q.depth for q in prepared.pipelines if _first_stage_key(q) == _first_stage_key(p))
+    hits = prepared.cache.read("runs", _run_key(state.fingerprint, state.search_mode, query_ids, texts, depth))
+    if hits is None:
+        return None
+    reranker = _reranker(p, prepared.settings.device, prepared.settings.batch_size)
+    pairs = [(text, collection.text(d)) for text, ranked in zip(texts, hits) for d, _ in ranked[: p.k]]
+    store = prepared.cache.pair_scores()
+    try:
+        cached = len(store.get(reranker.fingerprint, [store.pair_key(q, t) for q, t in pairs]))
+    finally:
+        store.close()
+    return len(pairs), cached
 
 
 def _index_key(first: Pipeline) -> tuple[Any, ...]:

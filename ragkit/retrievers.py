@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -422,7 +422,7 @@ class ChromaIndex(SearchesByText):
     def exact(self) -> bool:
         """Whether searches are exact by default: on an index of at most
         ``settings.EXACT_SEARCH_MAX_VECTORS`` vectors, where exact search is the faster."""
-        return self._size <= EXACT_SEARCH_MAX_VECTORS
+        return searched_exactly(self._size)
 
     @property
     def max_depth(self) -> int:
@@ -1574,6 +1574,22 @@ def _index_inputs(
     return embeddings, split, records, _index_fingerprint(embeddings, records, splitting)
 
 
+def searched_exactly(vectors: int) -> bool:
+    """Whether an index of ``vectors`` vectors is searched exactly by default (see
+    :attr:`ChromaIndex.exact`): at most ``settings.EXACT_SEARCH_MAX_VECTORS``."""
+    return vectors <= EXACT_SEARCH_MAX_VECTORS
+
+
+class IndexState(NamedTuple):
+    """What :func:`index_state` finds: the vectors an index holds, whether ragkit's cache holds
+    it, and the identity its first stage has (``ChromaIndex.fingerprint``, ``search_mode``)."""
+
+    vectors: int
+    held: bool
+    fingerprint: str
+    search_mode: tuple[str, ...]
+
+
 def index_state(
     documents: Sequence[Document],
     embedder: str | Embeddings = DEFAULT_EMBEDDER,
@@ -1584,7 +1600,7 @@ def index_state(
     chunk_unit: str = "chars",
     first_passage_only: bool = False,
     client: Any = None,
-) -> tuple[int, bool]:
+) -> IndexState:
     """How many vectors :func:`build_chroma_index` would store for these inputs, and whether
     ragkit's cache holds that index, finished and unchanged since (then a build embeds
     nothing). Loads the embedder (its identity and tokenizer decide the index), embeds nothing,
@@ -1594,17 +1610,18 @@ def index_state(
     Example::
 
         index_state(load_beir("scifact").documents())
-        # (5183, True)
+        # IndexState(vectors=5183, held=True, fingerprint='23c518d6...', search_mode=('exact',))
     """
     _, _, records, fingerprint = _index_inputs(documents, embedder, model_kwargs, None, chunk_size, chunk_overlap,
                                                chunk_unit, first_passage_only)  # fmt: skip
+    mode = ("exact",) if searched_exactly(len(records)) else ("hnsw",)
     if client is not None:
-        return len(records), False
+        return IndexState(len(records), False, fingerprint, mode)
     directory = cache_dir() / "chroma" / fingerprint
     record, _ = _read_record(directory)
     entry = (record or {}).get("collections", {}).get(f"ragkit-{fingerprint[:16]}")
     held = entry is not None and entry["fingerprint"] == fingerprint and not _file_problems(directory, entry["files"])
-    return len(records), held
+    return IndexState(len(records), held, fingerprint, mode)
 
 
 def _locked_build(

@@ -47,6 +47,26 @@ def test_what_a_run_cached_is_planned_as_cached(grid, demo, cache):
     assert "none, it is in the cache" in other.to_text().splitlines()[1]
 
 
+def test_once_the_first_stage_has_run_the_plan_knows_which_pairs_are_cached(grid, demo, cache):
+    from ragkit import Rerank
+
+    experiment(demo, grid[:2], latency_queries=0, show_progress=False, n_resamples=50)
+    k = grid[1].k
+    # Another grid, the same candidates: every pair is in the pair-score cache.
+    same = plan(demo, grid[:2], latency_queries=1)
+    scoring = next(s for s in same.steps if s.what.startswith("score"))
+    n = len(demo.queries) * k
+    assert scoring.what.startswith(f"score 0 pairs with tiny-cross-encoder0 ({n:,} of its {n:,} are in")
+    assert scoring.cached and scoring.seconds == 0
+    # Deeper candidates over the same first-stage run (depth 100): only the new pairs are scored.
+    deeper = grid[0] >> Rerank(grid[1].reranker, k=k + 5)
+    more = plan(demo, [grid[0], deeper], latency_queries=0)
+    scoring = next(s for s in more.steps if s.what.startswith("score"))
+    total = len(demo.queries) * (k + 5)
+    assert scoring.what.startswith(f"score {total - n:,} pairs with tiny-cross-encoder0 ({n:,} of its {total:,}")
+    assert scoring.seconds > 0
+
+
 def test_rates_are_measured_once_per_machine_and_model(grid, demo, cache):
     first = plan(demo, grid[:2], latency_queries=0)
     assert (cache / "rates").is_dir() and len(list((cache / "rates").iterdir())) == 2  # the embedder, the reranker
