@@ -705,9 +705,8 @@ def _run_experiment(
     pair_cache = cache.pair_scores()
     try:
         for key, p in {_first_stage_key(p): p for p in pipelines}.items():
-            depth = max(q.depth for q in pipelines if _first_stage_key(q) == key)
-            candidates[key] = _first_stage_run(stage_of(p), p.first_stage, collection, query_ids, depth,
-                                               cache=cache, reuse=reuse)  # fmt: skip
+            candidates[key] = _first_stage_run(stage_of(p), p.first_stage, collection, query_ids,
+                                               _run_depth(p, pipelines), cache=cache, reuse=reuse)  # fmt: skip
 
         # A k sweep costs one scoring pass at its largest k: a smaller k's candidates are a
         # prefix of the larger one's, so scoring the deepest pipeline of each reranker first
@@ -716,12 +715,7 @@ def _run_experiment(
         truncation: dict[str, dict[str, Any]] = {}  # reranked pipeline -> share of its pairs truncated
         throughput: dict[str, dict[str, Any]] = {}  # batched scoring passes timed in this run
         if settings.engine == "batched":
-            deepest: dict[tuple[Any, ...], Pipeline] = {}
-            for p in pipelines:
-                group = (*_first_stage_key(p), *_reranker_key(p))
-                if p.reranker and (group not in deepest or p.k > deepest[group].k):
-                    deepest[group] = p
-            for p in deepest.values():
+            for p in _deepest_reranked(pipelines):
                 reranker = rerankers[_reranker_key(p)]
                 if not isinstance(reranker, PairScorer):
                     continue  # each of its pipelines reranks query by query below
@@ -855,6 +849,22 @@ def pool(results: Sequence[EvaluationResult], *, n_resamples: int = N_RESAMPLES,
     )
     return EvaluationResult(table=table, per_query=per_query, latency=_latency_table(rows), runs={}, meta=meta,
                             timings=timings)  # fmt: skip
+
+
+def _run_depth(p: Pipeline, pipelines: Sequence[Pipeline]) -> int:
+    """How deep ``p``'s first stage is run: as deep as the deepest pipeline sharing it needs."""
+    return max(q.depth for q in pipelines if _first_stage_key(q) == _first_stage_key(p))
+
+
+def _deepest_reranked(pipelines: Sequence[Pipeline]) -> list[Pipeline]:
+    """For each first stage and reranker, the reranked pipeline of the largest ``k``: a smaller
+    k's candidates are a prefix of its own, so scoring its pairs scores theirs."""
+    deepest: dict[tuple[Any, ...], Pipeline] = {}
+    for p in pipelines:
+        group = (*_first_stage_key(p), *_reranker_key(p))
+        if p.reranker and (group not in deepest or p.k > deepest[group].k):
+            deepest[group] = p
+    return list(deepest.values())
 
 
 def _run_key(fingerprint: str, search_mode: Sequence[str], query_ids: list[str], texts: list[str], depth: int) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragkit.cache import Cache, digest
-from ragkit.evaluate import Pipeline, _first_stage_key, _prepared, _reranker_key, _run_key
+from ragkit.evaluate import Pipeline, _deepest_reranked, _prepared, _run_depth, _run_key
 from ragkit.provenance import device_description, machine_state, model_state, now
 from ragkit.settings import LONG_RUN_MINUTES
 from ragkit.stages import StageContext, short_name
@@ -146,12 +146,7 @@ def plan(
         return 1.0 if p.chunk_size is None else indexes[_index_key(p)].vectors / max(1, len(collection.corpus))
 
     # Each reranker scores the pairs of its deepest k once (a k sweep shares them).
-    deepest: dict[tuple[Any, ...], Pipeline] = {}
-    for p in prepared.pipelines:
-        group = (*_first_stage_key(p), *_reranker_key(p))
-        if p.reranker and (group not in deepest or p.k > deepest[group].k):
-            deepest[group] = p
-    for p in deepest.values():
+    for p in _deepest_reranked(prepared.pipelines):
         label = p.reranker_family.label(p.reranker_model)  # type: ignore[union-attr]
         per_second, loaded = rates.scoring(p)
         known = _known_pairs(collection, prepared, p, indexes) if use_cache else None
@@ -197,7 +192,7 @@ def _known_pairs(
     state = indexes[_index_key(first)]
     query_ids = sorted(collection.queries)
     texts = [collection.queries[q] for q in query_ids]
-    depth = max(q.depth for q in prepared.pipelines if _first_stage_key(q) == _first_stage_key(p))
+    depth = _run_depth(p, prepared.pipelines)
     hits = prepared.cache.read("runs", _run_key(state.fingerprint, state.search_mode, query_ids, texts, depth))
     if hits is None:
         return None
@@ -224,8 +219,9 @@ def _parts(first: Pipeline) -> list[Pipeline]:
     return [first] + [q for part in parts if isinstance(part, Pipeline) for q in _parts(part.own_first_stage())]
 
 
-def _index_state(collection: Any, first: Pipeline, device: str, client: Any) -> tuple[int, bool]:
-    """The vectors of the dense index a first stage names, and whether ragkit's cache holds it."""
+def _index_state(collection: Any, first: Pipeline, device: str, client: Any) -> Any:
+    """The state of the dense index a first stage names (``ragkit.retrievers.IndexState``): its
+    vectors, whether ragkit's cache holds it, its fingerprint and search mode."""
     from ragkit.retrievers import index_state
 
     return index_state(collection.documents(), first.embedder, model_kwargs={"device": device},
