@@ -24,8 +24,10 @@ from ragkit.settings import (
     DEFAULT_EVAL_QUERIES,
     DEFAULT_RERANKER,
     HYBRID_WEIGHTS,
+    MIN_EFFECT,
     MIN_OUTPUT_WIDTH,
     OUTPUT_WIDTH,
+    ROUND_QUERIES,
 )
 
 # What `ragkit --help` says: for the user of the command, not for the reader of this module.
@@ -188,6 +190,37 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--queries must be 0 (every query) or a number of queries, got {args.queries}.")
     if args.subset and args.queries is not None:
         raise ConfigError("--subset and --queries both choose the queries: give one of them.")
+    if args.until_decided:
+        for option, given in (("--queries", args.queries is not None), ("--subset", bool(args.subset))):
+            if given:
+                raise ConfigError(
+                    f"--until-decided draws queries a round at a time until the answer is known, and {option} fixes "
+                    "them: drop one. To cap a sequential run, use --max-queries or --budget."
+                )
+        if args.max_queries == 0:  # 'all', as for --queries
+            args.max_queries = None
+        if args.max_queries is not None and args.max_queries < 1:
+            raise ConfigError(f"--max-queries must be a number of queries or 'all', got {args.max_queries}.")
+        if args.round_queries is not None:
+            _positive("--round-queries", [args.round_queries])
+        if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+            raise ConfigError(f"--budget must be a number of minutes above 0, got {args.budget}.")
+    else:
+        for option, value in (("--max-queries", args.max_queries), ("--round-queries", args.round_queries),
+                              ("--budget", args.budget)):  # fmt: skip
+            if value is not None:
+                raise ConfigError(f"{option} sets how a sequential run stops: add --until-decided, or leave it out.")
+    if not (math.isfinite(args.min_effect) and 0 < args.min_effect < 1):
+        raise ConfigError(
+            f"--min-effect must be above 0 and below 1 (a change of the leading measure, e.g. 0.01), got "
+            f"{args.min_effect}."
+        )
+    if args.max_added_ms is not None:
+        if not (math.isfinite(args.max_added_ms) and args.max_added_ms > 0):
+            raise ConfigError(f"--max-added-ms must be a number of milliseconds above 0, got {args.max_added_ms}.")
+        if args.latency_queries == 0:
+            raise ConfigError("--max-added-ms holds rerankers to their measured latency: --latency-queries 0 "
+                              "measures none. Time at least one query, or leave --max-added-ms out.")  # fmt: skip
     _positive("--k", args.k)
     _positive("--top-n", args.top_n or [])
     _positive("--latency-queries", [args.latency_queries], least=0)
@@ -244,6 +277,15 @@ def evaluate(args: argparse.Namespace) -> int:
     from ragkit.report import REPORT_LAYOUT
 
     measures = [str(m) for m in parse_measures(args.measures)]
+    if args.until_decided:
+        from ragkit.measures import bounded
+
+        if not bounded(measures[0]):
+            raise ConfigError(
+                f"--measures: a sequential run decides on the first measure, and {measures[0]} has no known bounds "
+                "(its confidence sequence needs per-query values in [0, 1]). Put nDCG@10, RR@10, R@100, P@k or AP "
+                "first."
+            )
     embedders = [_check_model(e, "embedder") for e in args.embedders if e.lower() != "none"]
     rerankers = [None if r.lower() == "none" else _check_reranker(r) for r in args.rerankers]
     output = check_writable(args.output, REPORT_LAYOUT)  # fail now, not after minutes of scoring
@@ -288,6 +330,9 @@ def evaluate(args: argparse.Namespace) -> int:
             check_writable(output / name, REPORT_LAYOUT)
     for k, top_n in skipped:
         _note(f"k={k} with top_n={top_n} is left out: a reranker cannot return more than its k candidates.")
+    if args.until_decided:
+        return _sequential(args, collections, pipelines, output, measures=measures, device=device,
+                           chroma_server=chroma_server, devices=devices)  # fmt: skip
     evaluated = []
     for collection in collections:
         n_queries = args.subset or (DEFAULT_EVAL_QUERIES if args.queries is None else args.queries)
@@ -327,14 +372,14 @@ def evaluate(args: argparse.Namespace) -> int:
         print("\n".join(textwrap.fill(line, width) for line in collection.summary().splitlines()))
         with logging_redirect_tqdm():  # log lines written above the progress bars, not through them
             result = experiment(collection, pipelines, use_cache=not args.no_cache, **options)
-        results.append(result)
+        results.append(result.asking(min_effect=args.min_effect, max_added_ms=args.max_added_ms))
     if len(results) == 1:
         final = results[0]
         write_report(final, output)
     else:
         for result in results:
             write_report(result, output / result.meta["collection"])
-        final = pool(results)
+        final = pool(results).asking(min_effect=args.min_effect, max_added_ms=args.max_added_ms)
         write_report(final, output)
         for result in results:
             print(f"\n{result.meta['collection']}:\n{result.verdict(width=width)}")
@@ -347,6 +392,56 @@ def evaluate(args: argparse.Namespace) -> int:
     print()
     print(textwrap.fill(f"Report written to {output}/{where} (summary.md, results.csv, results.json, per_query.csv, "
                         "runs/, plots)", width))  # fmt: skip
+    return 0
+
+
+def _sequential(
+    args: argparse.Namespace, collections: list, pipelines: list, output, *, measures: list[str], **options
+) -> int:
+    """``ragkit eval --until-decided``: rounds of queries until every reranker's change is
+    decided (``ragkit.until_decided``), a line per round on standard error, then the verdict,
+    the table and the report, as a fixed run prints them."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from ragkit.plan import plan
+    from ragkit.report import write_report
+    from ragkit.until_decided import Round, until_decided
+
+    width = _output_width()
+    stream = sys.stdout if args.plan else sys.stderr
+    cap = f"at most {args.max_queries} queries" if args.max_queries else "at most every query"
+    budget = f", within {args.budget:g} minutes" if args.budget else ""
+    rounds = args.round_queries or ROUND_QUERIES
+    print(textwrap.fill(f"Sequential: rounds of {rounds} queries until every reranker's change is decided, "
+                        f"{cap}{budget}. Every query of each collection would take:", width), file=stream)  # fmt: skip
+    common = {"measures": measures, "batch_size": args.batch_size, "latency_queries": args.latency_queries, **options}
+    for collection in collections:
+        print(plan(collection, pipelines, use_cache=not args.no_cache, **common).to_text(width), file=stream)
+    if args.plan:
+        return 0
+    short = {p.name: f"P{i}" for i, p in enumerate(pipelines, start=1)}
+
+    def report(done: Round) -> None:
+        spans = "; ".join(f"{short.get(name, name)} {low:+.3f} to {high:+.3f}" for name, (low, high) in
+                          done.bounds.items())  # fmt: skip
+        counts = ", ".join(f"{n} {k}" for n, k in done.by_collection.items()) if len(done.by_collection) > 1 else ""
+        line = f"round {done.number}: {done.queries} queries" + (f" ({counts})" if counts else "")
+        print(textwrap.fill(f"{line}, {done.seconds / 60:.1f} min; sequence {spans}", width, subsequent_indent="  "),
+              file=sys.stderr)  # fmt: skip
+
+    with logging_redirect_tqdm():
+        result = until_decided(collections, pipelines, min_effect=args.min_effect, round_queries=rounds,
+                               max_queries=args.max_queries, budget_minutes=args.budget, seed=args.seed,
+                               use_cache=not args.no_cache, on_round=report, **common)  # fmt: skip
+    final = result.asking(min_effect=args.min_effect, max_added_ms=args.max_added_ms)
+    write_report(final, output)
+    print()
+    print(final.verdict(width=width))
+    print()
+    print(final.format_table(width=width))
+    print()
+    print(textwrap.fill(f"Report written to {output}/ (summary.md, sequence.png, results.csv, results.json, "
+                        "per_query.csv, runs/, plots)", width))  # fmt: skip
     return 0
 
 
@@ -524,6 +619,50 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=LATENCY_QUERIES,
         help="queries timed one at a time, per pipeline (default %(default)s)",
+    )
+    e.add_argument(
+        "--until-decided",
+        action="store_true",
+        help="evaluate rounds of queries drawn in a random order (--seed) until an anytime-valid confidence "
+        "sequence decides each reranker's change of the first measure against its own first stage: a gain, a loss, "
+        "or no gain worth having (within --min-effect of 0); instead of a fixed --queries",
+    )
+    e.add_argument(
+        "--round-queries",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"with --until-decided: queries added per round (default {ROUND_QUERIES})",
+    )
+    e.add_argument(
+        "--max-queries",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="with --until-decided: stop after this many queries (default: all of them)",
+    )
+    e.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="with --until-decided: stop before a round that would end past this many minutes (each round is "
+        "estimated first)",
+    )
+    e.add_argument(
+        "--min-effect",
+        type=float,
+        default=MIN_EFFECT,
+        help=f"the smallest change of the first measure worth having (default {MIN_EFFECT}): the verdict says "
+        "whether each gain is at least that, less, or cannot be told",
+    )
+    e.add_argument(
+        "--max-added-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="the milliseconds a reranker may add to a query on this machine: the verdict names the best "
+        "pipeline within it, the table marks those over it (default: no limit)",
     )
     e.add_argument(
         "--plan",

@@ -819,19 +819,11 @@ def pool(results: Sequence[EvaluationResult], *, n_resamples: int = N_RESAMPLES,
     first_stages = {n: f for n, f in results[0].table["first_stage"].items() if isinstance(f, str)}
     table = aggregate(per_query, names, baseline=results[0].baseline, first_stages=first_stages, measures=measures,
                       n_resamples=n_resamples, seed=seed)  # fmt: skip
-    cuts = [r.meta.get("truncated_pairs", {}) for r in results]
-    truncation = {}
-    for name in names:
-        if all(name in cut for cut in cuts):  # pair-weighted, like the pooled queries
-            pairs = sum(cut[name]["pairs"] for cut in cuts)
-            share = sum(cut[name]["share"] * cut[name]["pairs"] for cut in cuts) / pairs
-            truncation[name] = {"share": share, "pairs": pairs}
-            table.loc[name, "truncated_pairs"] = share
+    truncation = _pooled_truncation(results, table)
     timings = pd.concat(
         [r.timings.assign(query_id=r.meta["collection"] + "/" + r.timings["query_id"]) for r in results],
         ignore_index=True,
     )
-    rows = [{k: v for k, v in row.items() if pd.notna(v)} for row in timings.to_dict("records")]
     meta = dict(results[0].meta)
     collections = [r.meta["collection"] for r in results]
     meta.update(
@@ -847,8 +839,74 @@ def pool(results: Sequence[EvaluationResult], *, n_resamples: int = N_RESAMPLES,
         latency_measured={n: t for r in results for n, t in r.meta.get("latency_measured", {}).items()},
         reused_result=all(r.meta.get("reused_result") for r in results),
     )
-    return EvaluationResult(table=table, per_query=per_query, latency=_latency_table(rows), runs={}, meta=meta,
-                            timings=timings)  # fmt: skip
+    return EvaluationResult(table=table, per_query=per_query, latency=_latency_table(_timing_rows(timings)), runs={},
+                            meta=meta, timings=timings)  # fmt: skip
+
+
+def concatenate(
+    results: Sequence[EvaluationResult],
+    *,
+    collection: str,
+    summary: str,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> EvaluationResult:
+    """The results of one grid on disjoint sets of one collection's queries, as the result of
+    all those queries: per-query scores and runs side by side, means, tests and intervals
+    computed afresh over every query, latency over every query timed. This is how a sequential
+    evaluation (``ragkit.until_decided``) adds a round of queries to those before without
+    evaluating them again. The whole is named ``collection``, and ``summary`` describes the
+    queries it holds.
+    """
+    results = list(results)
+    names = list(results[0].table.index)
+    ids = [q for r in results for q in r.per_query["query_id"].unique()]
+    if any(list(r.table.index) != names for r in results) or len(set(ids)) != len(ids):
+        raise ConfigError("Only results of the same pipelines on disjoint sets of queries can be put together.")
+    per_query = pd.concat([r.per_query for r in results], ignore_index=True)
+    first_stages = {n: f for n, f in results[0].table["first_stage"].items() if isinstance(f, str)}
+    table = aggregate(per_query, names, baseline=results[0].baseline, first_stages=first_stages,
+                      measures=results[0].measures, n_resamples=n_resamples, seed=seed)  # fmt: skip
+    truncation = _pooled_truncation(results, table)
+    timings = pd.concat([r.timings for r in results], ignore_index=True)
+    throughput: dict[str, dict[str, Any]] = {}
+    for r in results:  # the passes that scored every pair of their queries, added up
+        for name, t in r.meta.get("throughput", {}).items():
+            total = throughput.setdefault(name, {"pairs": 0, "queries": 0, "seconds": 0.0})
+            total.update(pairs=total["pairs"] + t["pairs"], queries=total["queries"] + t["queries"],
+                         seconds=total["seconds"] + t["seconds"], measured=t["measured"])  # fmt: skip
+    meta = dict(results[0].meta)
+    meta.update(
+        collection=collection,
+        collection_summary=summary,
+        n_queries=sum(r.meta["n_queries"] for r in results),
+        truncated_pairs=truncation,
+        throughput=throughput,
+        latency_measured={n: t for r in results for n, t in r.meta.get("latency_measured", {}).items()},
+        reused_result=all(r.meta.get("reused_result") for r in results),
+    )
+    runs = {name: {q: hits for r in results for q, hits in r.runs[name].items()} for name in names}
+    return EvaluationResult(table=table, per_query=per_query, latency=_latency_table(_timing_rows(timings)),
+                            runs=runs, meta=meta, timings=timings)  # fmt: skip
+
+
+def _pooled_truncation(results: Sequence[EvaluationResult], table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The share of each reranked pipeline's pairs truncated over several results, weighted by
+    their pairs (as the pooled queries are), written into ``table`` too."""
+    cuts = [r.meta.get("truncated_pairs", {}) for r in results]
+    truncation = {}
+    for name in table.index:
+        if all(name in cut for cut in cuts):
+            pairs = sum(cut[name]["pairs"] for cut in cuts)
+            share = sum(cut[name]["share"] * cut[name]["pairs"] for cut in cuts) / pairs
+            truncation[name] = {"share": share, "pairs": pairs}
+            table.loc[name, "truncated_pairs"] = share
+    return truncation
+
+
+def _timing_rows(timings: pd.DataFrame) -> list[dict[str, Any]]:
+    """A timings frame back as the rows it was made of (a step a pipeline lacks left out)."""
+    return [{k: v for k, v in row.items() if pd.notna(v)} for row in timings.to_dict("records")]
 
 
 def _run_depth(p: Pipeline, pipelines: Sequence[Pipeline]) -> int:
@@ -1325,6 +1383,7 @@ __all__ = [
     "Pipeline",
     "Rerank",
     "RunSettings",
+    "concatenate",
     "experiment",
     "grid",
     "langchain_retriever",

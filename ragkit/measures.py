@@ -70,6 +70,22 @@ def parse_measures(names: Sequence[str]) -> list[Any]:
     return out
 
 
+# Measures whose per-query value lies in [0, 1] (ir-measures names): a change of one lies in
+# [-1, 1], which an anytime-valid confidence sequence by betting needs (``ragkit.sequential``).
+BOUNDED = frozenset({"nDCG", "RR", "R", "P", "AP", "Success", "Judged", "Rprec", "SetP", "SetR", "SetF", "Bpref",
+                     "ERR", "infAP"})  # fmt: skip
+
+
+def bounded(name: str) -> bool:
+    """Whether the measure ``name`` (``nDCG@10``) takes per-query values in [0, 1].
+
+    Example:
+        >>> bounded("nDCG@10"), bounded("NumRet")
+        (True, False)
+    """
+    return parse_measures([name])[0].NAME in BOUNDED
+
+
 def _float32(score: float) -> float:
     """``score`` as the nearest 32-bit float, subnormals as 0 (a scorer that flushes them to
     zero would read two of them as a tie)."""

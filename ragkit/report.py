@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -176,16 +176,66 @@ def frontier_plot(result: EvaluationResult, measure: str | None = None) -> Figur
 
 
 # The report's plots: file name, caption, and the function that draws it.
+def sequence_plot(result: EvaluationResult | dict[str, Any]) -> Figure:
+    """A sequential evaluation's confidence sequences against the queries evaluated: for each
+    reranked pipeline, the band the mean change of the leading measure lies in (valid at every
+    query at once), the running mean, zero, and the smallest gain worth having; a mark where it
+    was decided. ``result`` is the evaluation, or its ``meta`` as a report's ``results.json``
+    holds it."""
+    import matplotlib.pyplot as plt
+
+    from ragkit.sequential import confidence_sequence
+
+    if isinstance(result, dict):
+        seq = result["sequential"]
+        colour = {name: f"C{i + 1}" for i, name in enumerate(seq["deltas"])}
+    else:
+        seq, colour = result.meta["sequential"], colours(result)
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    shown = []  # the bands' range past their first queries, where they are nearly [-1, 1]
+    for name, deltas in seq["deltas"].items():
+        x = np.arange(1, len(deltas) + 1)
+        low, high = confidence_sequence(deltas, alpha=seq["level"])
+        shown += [low[min(len(low) - 1, 19) :].min(), high[min(len(high) - 1, 19) :].max()]
+        ax.fill_between(x, low, high, color=colour[name], alpha=0.25, lw=0)
+        ax.plot(x, np.cumsum(deltas) / x, color=colour[name], lw=1.2, label=f"{_label(name)}: running mean")
+        decision = seq["decisions"][name]
+        if decision["outcome"] != "undecided":
+            ax.axvline(decision["queries"], color=colour[name], ls=":", lw=1)
+            ax.annotate(decision["outcome"], (decision["queries"], high[decision["queries"] - 1]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
+    ax.axhline(0, color="black", lw=0.8)
+    ax.axhline(
+        seq["min_effect"], color="grey", ls="--", lw=0.8, label=f"smallest gain worth having ({seq['min_effect']:g})"
+    )
+    margin = 0.1 * (max(shown) - min(shown)) + 0.01
+    ax.set_ylim(max(-1.0, min(shown) - margin), min(1.0, max(shown) + margin))
+    ax.set_xlim(0, len(seq["order"]) + 1)
+    ax.set_xlabel("queries evaluated, in the order drawn")
+    ax.set_ylabel(f"{seq['measure']} change over the first stage")
+    ax.set_title(f"Anytime-valid {1 - seq['alpha']:.0%} confidence sequence (shaded) of the mean change", fontsize=10)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 PLOTS = (
     ("deltas.png", "what each pipeline changes, with 95% CIs", forest_plot),
     ("per_query.png", "every query's change against the baseline", per_query_plot),
     ("frontier.png", "quality against latency, with the Pareto frontier", frontier_plot),
 )
+# A sequential evaluation's report adds its confidence sequences.
+SEQUENCE_PLOT = ("sequence.png", "the confidence sequence of each change, query by query", sequence_plot)
+
+
+def _plots(result: EvaluationResult) -> tuple[tuple[str, str, Any], ...]:
+    """The plots of ``result``'s report."""
+    return (*PLOTS, SEQUENCE_PLOT) if "sequential" in result.meta else PLOTS
 
 
 def markdown_summary(result: EvaluationResult) -> str:
     """The report's ``summary.md``: the result in Markdown, with the plots beside it."""
-    return result.to_markdown(plots=[(file, caption) for file, caption, _ in PLOTS])
+    return result.to_markdown(plots=[(file, caption) for file, caption, _ in _plots(result)])
 
 
 # What a report folder holds, name -> whether it is a folder: what ``write_report`` writes
@@ -194,14 +244,14 @@ def markdown_summary(result: EvaluationResult) -> str:
 REPORT_LAYOUT = {
     **dict.fromkeys(("results.csv", "per_query.csv", "latency.csv", "results.json", "summary.md"), False),
     "runs": True,
-    **dict.fromkeys((file for file, _, _ in PLOTS), False),
+    **dict.fromkeys((file for file, _, _ in (*PLOTS, SEQUENCE_PLOT)), False),
 }
 
 
 def write_report(result: EvaluationResult, folder: str | Path) -> Path:
     """Write the result's files (``results.csv``, ``results.json``, ``per_query.csv``,
     ``latency.csv``, TREC runs under ``runs/``, ``summary.md``) and the three plots of
-    ``PLOTS`` into ``folder``.
+    ``PLOTS`` into ``folder`` (a sequential evaluation's adds ``SEQUENCE_PLOT``).
 
     Files are written to a temporary folder first and moved into place, so an interrupted
     write never leaves a half-written report that looks complete. The plots are drawn first,
@@ -215,7 +265,8 @@ def write_report(result: EvaluationResult, folder: str | Path) -> Path:
 
     folder = check_writable(folder, REPORT_LAYOUT)
     images = {}
-    for file, _, plot in PLOTS:
+    plots = _plots(result)
+    for file, _, plot in plots:
         fig = plot(result)
         image = io.BytesIO()
         fig.savefig(image, format="png", dpi=110, bbox_inches="tight")
@@ -223,7 +274,7 @@ def write_report(result: EvaluationResult, folder: str | Path) -> Path:
         images[file] = image.getvalue()
     needed = report_bytes(result) + sum(len(image) for image in images.values())
     with atomic_folder(folder, needed=needed) as tmp:
-        result.write_files(tmp, plots=[(file, caption) for file, caption, _ in PLOTS])
+        result.write_files(tmp, plots=[(file, caption) for file, caption, _ in plots])
         for file, image in images.items():
             (tmp / file).write_bytes(image)
     return folder
@@ -238,5 +289,5 @@ def report_bytes(result: EvaluationResult) -> int:
     tables = len(result.table.to_csv()) + len(result.per_query.to_csv(index=False))
     tables += 2 * len(result.latency.to_csv(index=False))  # latency.csv, and its records in results.json
     data = len(json.dumps(result.meta, indent=2)) + len(result.table.to_json(orient="index"))
-    summary = len(result.to_markdown(plots=[(file, caption) for file, caption, _ in PLOTS]))
+    summary = len(result.to_markdown(plots=[(file, caption) for file, caption, _ in _plots(result)]))
     return runs + tables + data + summary

@@ -20,7 +20,7 @@ import json
 import re
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ragkit.cache import atomic_folder, check_writable
-from ragkit.errors import DataError
+from ragkit.errors import ConfigError, DataError
 from ragkit.measures import Run
 from ragkit.registry import reranker_kind
 from ragkit.settings import FIRST_STAGE_DEPTH, SIGNIFICANCE_LEVEL
@@ -195,13 +195,108 @@ def _evidence(row: pd.Series, prefix: str, n: int) -> str:
     return " There are too few queries to say what this comparison could detect."
 
 
+_STOPPED = {
+    "decided": "every comparison was decided",
+    "every query evaluated": "every query was evaluated",
+    "max queries": "it reached --max-queries",
+    "budget": "the next round would have overrun the budget",
+}
+
+
+def _sequential(result: EvaluationResult) -> list[str]:
+    """The verdict of a sequential evaluation (``ragkit.until_decided``): where it stopped and
+    why, then each comparison's decision with its confidence sequence."""
+    meta, seq = result.meta, result.meta["sequential"]
+    pipelines = {p["name"]: p for p in meta["pipelines"]}
+    m, effect, rounds = seq["measure"], seq["min_effect"], seq["rounds"]
+    n = len(seq["order"])
+    counts = rounds[-1]["by_collection"] if rounds else {}
+    split = f" ({', '.join(f'{k} {v}' for k, v in counts.items())})" if len(counts) > 1 else ""
+    budget = f" of {seq['budget_minutes']:g} minutes" if seq["stopped"] == "budget" else ""
+    level = f"{1 - seq['alpha']:.0%}"
+    together = (f" (the {len(seq['decisions'])} sequences hold together: each at {1 - seq['level']:.1%})"
+                if len(seq["decisions"]) > 1 else "")  # fmt: skip
+    sentences = [
+        f"Evaluated in rounds of {seq['round_queries']} queries drawn in a random order (seed {seq['seed']}) until "
+        f"decided: stopped after {len(rounds)} round{'s' * (len(rounds) != 1)}, {n} of {seq['available_queries']} "
+        f"queries{split}, {seq['minutes']:.1f} minutes, because {_STOPPED[seq['stopped']]}{budget}. Each change of "
+        f"{m} is judged by an anytime-valid {level} confidence sequence{together}, which may be read after every "
+        f"round; a gain worth having is one of at least {effect:g}."
+    ]
+    for name, decision in seq["decisions"].items():
+        p = pipelines[name]
+        low, high = decision["low"], decision["high"]
+        at = f"after {decision['queries']} queries (the sequence then {_number(low)} to {_number(high)})"
+        outcome = decision["outcome"]
+        if outcome == "gain":
+            what = f"a gain in {m}, shown {at}"
+            what += (f", of at least {effect:g}" if low >= effect
+                     else f"; whether it reaches {effect:g} is not decided")  # fmt: skip
+        elif outcome == "loss":
+            what = f"a loss in {m}, shown {at}"
+        elif outcome == "no gain worth having":
+            what = f"no gain worth having: a change of {effect:g} or more in {m}, either way, is ruled out {at}"
+        else:
+            what = (f"undecided after all {n} queries: the sequence, {_number(low)} to {_number(high)}, still spans 0 "
+                    f"and reaches above {effect:g}")  # fmt: skip
+        sentences.append(f"Reranking the top {p['k']} of {seq['first_stage'][name]} with {p['reranker']}: {what}.")
+    sentences.append(
+        "The fixed-sample statistics that follow are over the same queries, but how many there are was chosen by "
+        "looking at them: read them as a description; the confidence sequence is what holds."
+    )
+    return sentences
+
+
+def _worth(row: pd.Series, prefix: str, effect: float, m: str) -> str:
+    """Against the smallest change worth having: the gain is at least that, less than that,
+    or these queries cannot tell (from the comparison's 95% CI)."""
+    low, high = row[f"{prefix} ci_low"], row[f"{prefix} ci_high"]
+    if low >= effect:
+        return f" The gain is at least {effect:g} {m}, the smallest worth having (its CI lies above it)."
+    if high < effect:
+        return f" Any gain is less than {effect:g} {m}, the smallest worth having (its CI lies below it)."
+    return f" These queries cannot tell whether the change reaches {effect:g} {m}, the smallest worth having."
+
+
+def _within_budget(result: EvaluationResult, max_ms: float, m: str) -> str:
+    """Which reranked pipeline is best (by its mean change) among those that rerank within
+    ``max_ms`` a query on this machine, and what it costs; or that none does."""
+    table, device = result.table, result.meta["device_name"]
+    costs = {
+        name: _ms(result.latency, name, "rerank")
+        for name in table.index
+        if isinstance(table.loc[name].get("first_stage"), str)
+    }
+    timed = {name: ms[0] for name, ms in costs.items() if ms is not None}
+    if not timed:
+        return f"No reranker was timed, so none can be held to {max_ms:g} ms a query (time some: --latency-queries)."
+    within = [name for name, ms in timed.items() if ms <= max_ms]
+    if not within:
+        quickest = min(timed, key=timed.get)
+        return (f"No reranker stays within {max_ms:g} ms a query on {device}: the quickest, {quickest}, adds "
+                f"{_milliseconds(timed[quickest])}.")  # fmt: skip
+    best = max(within, key=lambda name: table.loc[name, f"{m} own delta"])
+    row = table.loc[best]
+    judged = "distinguishable from zero" if _is_true(row[f"{m} own significant"]) else "not distinguishable from zero"
+    over = sorted(set(timed) - set(within))
+    text = (f"Within {max_ms:g} ms a query on {device}, the best reranked pipeline by its mean is {best}: "
+            f"{row[f'{m} own delta']:+.3f} {m} (95% CI {_number(row[f'{m} own ci_low'])} to "
+            f"{_number(row[f'{m} own ci_high'])}) over {row['first_stage']}, {judged}; its reranker adds "
+            f"{_milliseconds(timed[best])}.")  # fmt: skip
+    if over:
+        text += f" Over the budget: {', '.join(over)}."
+    return text
+
+
 def verdict(result: EvaluationResult, *, width: int | None = None) -> str:
     """See :meth:`EvaluationResult.verdict`."""
     meta, table, m = result.meta, result.table, result.measures[0]
     pipelines = {p["name"]: p for p in meta["pipelines"]}
     n = meta["n_queries"]
     own_family = int(table["first_stage"].map(lambda f: isinstance(f, str)).sum())
-    sentences = []
+    question = meta.get("question", {})
+    sentences = _sequential(result) if "sequential" in meta else []
+    effect = None if "sequential" in meta else question.get("min_effect")
     for name, row in table.iterrows():
         first_stage = row.get("first_stage")
         if not isinstance(first_stage, str):
@@ -219,6 +314,8 @@ def verdict(result: EvaluationResult, *, width: int | None = None) -> str:
             f"{judgement}."
         )
         text += _why_not_distinguishable(row, f"{m} own", own_family)
+        if effect is not None:
+            text += _worth(row, f"{m} own", effect, m)
         text += _evidence(row, f"{m} own", n)
         share = row.get("truncated_pairs", float("nan"))
         if pd.notna(share) and share > 0:
@@ -245,6 +342,8 @@ def verdict(result: EvaluationResult, *, width: int | None = None) -> str:
         if not row["baseline"]:
             text += _why_not_distinguishable(row, m, len(table) - 1)
         sentences.append(text)
+    if question.get("max_added_ms") is not None:
+        sentences.append(_within_budget(result, question["max_added_ms"], m))
     if meta["is_subset"]:
         sentences.append("These are scores on a ragkit subset, not the official split: compare the pipelines with "
                          "each other, not with published numbers.")  # fmt: skip
@@ -458,10 +557,34 @@ class EvaluationResult:
             if "truncated_pairs" in row:  # measured whenever pairs were scored
                 share = row["truncated_pairs"]
                 truncated["pairs truncated"] = f"{share:.1%}" if pd.notna(share) else "-"
+            budget = self.meta.get("question", {}).get("max_added_ms")
+            if budget is not None:  # the reranker's median added ms against the budget asked
+                ms = _ms(self.latency, name, "rerank")
+                truncated["rerank ms"] = (
+                    "-" if ms is None else f"{ms[0]:,.0f} {'>' if ms[0] > budget else '<='} {budget:g}"
+                )
             for m in measures:
                 rows.append({"pipeline": name, "first stage": first_stage, "measure": m,
                              **_comparison_cells(row, f"{m} own", m), **truncated})  # fmt: skip
         return pd.DataFrame(rows)
+
+    def asking(self, *, min_effect: float | None = None, max_added_ms: float | None = None) -> EvaluationResult:
+        """This result framed by the user's question: ``min_effect``, the smallest change of
+        the leading measure worth having (the verdict says whether each reranker's gain is at
+        least that, less, or cannot be told), and ``max_added_ms``, the milliseconds a reranker
+        may add to a query (the verdict names the best pipeline within it; the tables mark
+        those over it). Nothing is recomputed; the report and ``results.json`` keep the question.
+
+        Example::
+
+            print(result.asking(min_effect=0.01, max_added_ms=200).verdict())
+        """
+        if min_effect is not None and not 0 < min_effect < 1:
+            raise ConfigError(f"--min-effect must be above 0 and below 1 (e.g. 0.01), got {min_effect}.")
+        if max_added_ms is not None and not (np.isfinite(max_added_ms) and max_added_ms > 0):
+            raise ConfigError(f"--max-added-ms must be a number of milliseconds above 0, got {max_added_ms}.")
+        question = {k: v for k, v in (("min_effect", min_effect), ("max_added_ms", max_added_ms)) if v is not None}
+        return replace(self, meta={**self.meta, "question": question})
 
     def verdict(self, *, width: int | None = None) -> str:
         """The answer, in words, to "is this reranker worth its latency?", generated from the

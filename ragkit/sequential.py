@@ -19,7 +19,7 @@ interval inside the last.
 - :func:`confidence_sequence`: the bounds after each observation.
 - :func:`decide`: where a sequential evaluation may stop: a gain, a loss, or a change smaller
   than ``min_effect`` either way ("no gain worth having"), each at the first query the sequence
-  shows it.
+  shows it. Any rule that reads only the sequence keeps its 95%, so the run may stop there.
 
 Example:
     >>> import numpy as np
@@ -125,7 +125,9 @@ class Decision:
 
 def decide(deltas: np.ndarray | list[float], *, min_effect: float, alpha: float = 0.05) -> Decision:
     """The first observation at which the confidence sequence of ``deltas`` decides: it
-    excludes 0, or it lies within ``min_effect`` of 0 on both sides; else undecided.
+    excludes 0, or it lies within ``min_effect`` of 0 on both sides; else undecided. The
+    sequence only narrows (a running intersection), so a decision once reached stands at every
+    later observation.
 
     Example:
         >>> decide([0.3] * 200, min_effect=0.01).outcome

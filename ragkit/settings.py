@@ -120,6 +120,13 @@ SIGNIFICANCE_LEVEL = 0.05
 # Simulated replications behind the randomization test's power: 400 put its Monte Carlo error
 # at about 0.02 near 80% power, enough to tell 0.8 from 0.6, in a fraction of a second.
 POWER_SIMULATIONS = 400
+# The smallest change of the leading measure worth having: what "no gain worth having" and "a
+# gain of at least ..." are measured against (`--min-effect`). 0.01 nDCG@10 is a starting point:
+# set what a change must reach to matter to your application.
+MIN_EFFECT = 0.01
+# Queries added per round of a sequential evaluation (`--until-decided`): the default sample's
+# size, so that its first round costs what the default run costs.
+ROUND_QUERIES = DEFAULT_EVAL_QUERIES
 
 # Retrieval and reranking (DEFAULT_RERANK_K, the candidates a reranker sees, is above).
 DEFAULT_TOP_N = 10  # documents the reranker returns (nDCG@10 reads ten)
