@@ -1215,19 +1215,7 @@ def _pipeline_latency(
     if not p.cacheable:
         rows = _time_pipeline(p, stage, reranker, collection, query_ids, settings, show_progress=show_progress)
         return rows, {"measured": now(), "reused": False}
-    # top_n only cuts the scored list, so pipelines that differ in it cost the same to serve.
-    key = digest(
-        "latency",
-        FORMATS["latency"],
-        {**p.identity(), "top_n": None},
-        stage.fingerprint,
-        *stage.search_mode,
-        [(q, collection.queries[q]) for q in query_ids],
-        machine_state(settings.device),
-        settings.batch_size,
-        model_state(p.reranker_model) if p.reranker_model else None,
-        FORMATS["scoring"],
-    )
+    key = _latency_key(p, stage.fingerprint, stage.search_mode, collection, query_ids, settings)
     if reuse:
         saved = cache.read("latency", key, check=lambda s: _latency_problem(s, query_ids))
         if saved is not None:
@@ -1237,6 +1225,33 @@ def _pipeline_latency(
     measured = now()
     cache.write("latency", key, {"rows": rows, "measured": measured})
     return rows, {"measured": measured, "reused": False}
+
+
+def _latency_key(
+    p: Pipeline,
+    fingerprint: str,
+    search_mode: Sequence[str],
+    collection: BeirCollection,
+    query_ids: list[str],
+    settings: RunSettings,
+) -> str:
+    """The key of a pipeline's cached timings: the pipeline, its first stage's identity
+    (``fingerprint``, ``search_mode``), the queries timed by id and text, and what timings
+    depend on beyond the work (the machine, the batch size, the reranker's model). One
+    function, so that ``ragkit.plan`` looks timings up under the key the run writes them."""
+    # top_n only cuts the scored list, so pipelines that differ in it cost the same to serve.
+    return digest(
+        "latency",
+        FORMATS["latency"],
+        {**p.identity(), "top_n": None},
+        fingerprint,
+        *search_mode,
+        [(q, collection.queries[q]) for q in query_ids],
+        machine_state(settings.device),
+        settings.batch_size,
+        model_state(p.reranker_model) if p.reranker_model else None,
+        FORMATS["scoring"],
+    )
 
 
 def _latency_problem(saved: Any, query_ids: list[str]) -> str | None:
