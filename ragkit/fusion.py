@@ -208,12 +208,25 @@ class FusedStage:
             raise ConfigError(f"Fusion needs at least two first stages, got {len(self.parts)}.")
         self.weights = _weights(weights, len(self.parts))
         self.method, self.c, self.depth = method, c, _check_depth(depth)
-        fingerprints = [part.fingerprint for part in self.parts]
-        self.fingerprint: str | None = None if None in fingerprints else _digest(self._identity())
+        self.fingerprint = self.fingerprint_of([part.fingerprint for part in self.parts], weights=self.weights,
+                                               method=self.method, c=self.c, depth=self.depth)  # fmt: skip
 
-    def _identity(self) -> dict[str, Any]:
-        return {"parts": [p.fingerprint for p in self.parts], "method": self.method, "weights": self.weights,
-                "c": self.c, "depth": self.depth}  # fmt: skip
+    @classmethod
+    def fingerprint_of(
+        cls, fingerprints: Sequence[str | None], *, weights: Sequence[float], method: str, c: int, depth: int
+    ) -> str | None:
+        """The fingerprint of this kind of fusion of stages with these ``fingerprints`` (``None``
+        when one has none), from their identities alone: what its cached runs and timings are
+        keyed by, so that ``ragkit.plan`` can find them without building a stage."""
+        if None in fingerprints:
+            return None
+        return _digest(cls._identity(list(fingerprints), weights=tuple(weights), method=method, c=c, depth=depth))
+
+    @staticmethod
+    def _identity(
+        fingerprints: list[str | None], *, weights: tuple[float, ...], method: str, c: int, depth: int
+    ) -> dict[str, Any]:
+        return {"parts": fingerprints, "method": method, "weights": weights, "c": c, "depth": depth}
 
     def __repr__(self) -> str:
         return f"FusedStage({len(self.parts)} stages, method={self.method!r}, weights={self.weights})"
@@ -354,6 +367,13 @@ class Fusion:
                 parts.append({"pipeline": first.identity(), "content": content})
         return _digest({"parts": parts, "weights": self.weights, "method": self.method, "c": self.c,
                         "depth": self.depth})  # fmt: skip
+
+    def stage_fingerprint(self, fingerprints: Sequence[str | None]) -> str | None:
+        """The fingerprint of the stage :meth:`build` returns (``FusedStage.fingerprint``), from
+        its parts' stages' fingerprints, in order: what its cached runs and timings are keyed
+        by, so that a plan can find them without building the parts."""
+        return FusedStage.fingerprint_of(fingerprints, weights=_weights(self.weights, len(self.parts)),
+                                         method=self.method, c=self.c, depth=self.depth)  # fmt: skip
 
     def models(self) -> list[tuple[str, str]]:
         """The models the parts load, as ``(model, kind)``."""

@@ -80,11 +80,14 @@ class HybridRetriever(FusedStage):
         self.dense, self.bm25 = dense, bm25
         super().__init__([dense, bm25], weights=check_weights(weights), c=c, depth=depth)
 
-    def _identity(self) -> dict[str, Any]:
-        # The hybrid's own key, older than general fusion: its cached runs and timings stay valid.
-        identity = {"dense": self.dense.fingerprint, "bm25": self.bm25.fingerprint, "weights": self.weights}
-        identity.update(c=self.c, depth=self.depth)
-        return identity
+    @staticmethod
+    def _identity(
+        fingerprints: list[str | None], *, weights: tuple[float, ...], method: str, c: int, depth: int
+    ) -> dict[str, Any]:
+        # The hybrid's own key, older than general fusion (so it has no method: always RRF): its
+        # cached runs and timings stay valid.
+        dense, bm25 = fingerprints
+        return {"dense": dense, "bm25": bm25, "weights": weights, "c": c, "depth": depth}
 
     def __repr__(self) -> str:
         return f"HybridRetriever({self.dense.embedder_name!r} + bm25, weights={self.weights}, c={self.c})"
@@ -92,6 +95,14 @@ class HybridRetriever(FusedStage):
     def search(self, queries: Sequence[str], k: int) -> Hits:
         """The ``k`` best documents per query as ``(doc_id, fused score)``."""
         return self.retrieve([(text, text) for text in queries], k)
+
+
+def hybrid_fingerprint(dense: str, bm25: str, weights: Sequence[float] = HYBRID_WEIGHTS) -> str | None:
+    """The fingerprint of the hybrid stage :func:`build_hybrid_stage` builds (RRF at the default
+    constant and depth) over stages with these fingerprints: what its cached runs and timings
+    are keyed by, so that a plan can find them without building the parts."""
+    return HybridRetriever.fingerprint_of([dense, bm25], weights=check_weights(weights), method="rrf", c=RRF_C,
+                                          depth=FUSION_DEPTH)  # fmt: skip
 
 
 def build_hybrid_stage(collection: Any, pipeline: Any, context: StageContext) -> HybridRetriever:

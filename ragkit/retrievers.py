@@ -1780,12 +1780,9 @@ class BM25Retriever(SearchesByText, BaseRetriever):
         """Index whole documents (``page_content``) under their ``metadata["doc_id"]``."""
         check_k(k)
         records = _records(documents, None)
-        digest = hashlib.sha256(json.dumps({"bm25": "ragkit.bm25", "k1": k1, "b": b}, sort_keys=True).encode())
-        for record in sorted(records, key=lambda r: r.id):
-            digest.update(f"{record.id}\x00{record.text}\x00".encode())
         index = BM25Index.from_texts([r.id for r in records], [r.text for r in records], k1=k1, b=b)
         docs = {r.id: Document(page_content=r.text, metadata=r.metadata, id=r.id) for r in records}
-        return cls(index=index, documents=docs, fingerprint=digest.hexdigest(), k=k)
+        return cls(index=index, documents=docs, fingerprint=_bm25_fingerprint(records, k1, b), k=k)
 
     def as_retriever(self, k: int = DEFAULT_RERANK_K) -> BM25Retriever:
         """This retriever with another ``k`` (the index is shared, not rebuilt)."""
@@ -1820,6 +1817,20 @@ class BM25Retriever(SearchesByText, BaseRetriever):
             )
             for doc_id, score in self.index.search([query], self.k)[0]
         ]
+
+
+def bm25_fingerprint(documents: Sequence[Document], *, k1: float = 1.5, b: float = 0.75) -> str:
+    """The fingerprint :meth:`BM25Retriever.from_documents` gives the BM25 stage of these
+    documents, without indexing them: what its cached runs and timings are keyed by, so that a
+    plan can find them (it hashes the documents, as the index does, and tokenizes nothing)."""
+    return _bm25_fingerprint(_records(documents, None), k1, b)
+
+
+def _bm25_fingerprint(records: Sequence[_Record], k1: float, b: float) -> str:
+    digest = hashlib.sha256(json.dumps({"bm25": "ragkit.bm25", "k1": k1, "b": b}, sort_keys=True).encode())
+    for record in sorted(records, key=lambda r: r.id):
+        digest.update(f"{record.id}\x00{record.text}\x00".encode())
+    return digest.hexdigest()
 
 
 def build_dense_stage(collection: Any, pipeline: Any, context: StageContext) -> ChromaIndex | PassageStage:

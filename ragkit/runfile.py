@@ -63,6 +63,13 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def run_fingerprint(sha256: str) -> str:
+    """The fingerprint of the first stage a run file is (``RunFileStage.fingerprint``), from the
+    sha256 of its bytes (:func:`file_sha256`): its rankings are the file's content, so that a
+    plan finds its cached runs and timings without reading the file's rankings."""
+    return hashlib.sha256(f"trec run\x00{sha256}".encode()).hexdigest()
+
+
 def _some(ids: Sequence[str]) -> str:
     shown = ", ".join(repr(i) for i in ids[:_SHOWN])
     return shown + (f" and {len(ids) - _SHOWN:,} more" if len(ids) > _SHOWN else "")
@@ -187,7 +194,7 @@ class RunFileStage:
         self.collection = collection
         sha256 = file_sha256(path)
         self.ranked = _parsed(self.path, sha256)
-        self.fingerprint = hashlib.sha256(f"trec run\x00{sha256}".encode()).hexdigest()
+        self.fingerprint = run_fingerprint(sha256)
         self.query_ids: dict[str, list[str]] = {}
         for query_id, text in collection.queries.items():
             self.query_ids.setdefault(text, []).append(query_id)
@@ -219,4 +226,4 @@ def build_run_stage(collection: Any, pipeline: Any, context: StageContext) -> Ru
     return RunFileStage(pipeline.run_file, collection)
 
 
-__all__ = ["RunFileStage", "build_run_stage", "check_run_stage", "file_sha256", "read_run"]
+__all__ = ["RunFileStage", "build_run_stage", "check_run_stage", "file_sha256", "read_run", "run_fingerprint"]
