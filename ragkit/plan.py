@@ -4,11 +4,15 @@
 dense index must embed (none when ragkit's cache holds the index), the (query, passage) pairs
 each reranker scores (exactly, less those in the pair-score cache, when the first stage's run is
 cached; else at most ``k`` per query), and the queries timed one at a time; or that the whole
-result is cached. It estimates the minutes from rates
-measured on this machine: a short calibration (32 of the collection's own documents embedded,
-32 of its (query, document) pairs scored, with each model on the run's device), remembered in
-the cache per machine, model and collection, so that it is measured once. Loading the models
-for it is not wasted: the run that follows finds them in the loaders' cache.
+result is cached. What the caches hold is looked up under the keys the run uses, from each
+first stage's identity computed without building it; a stage of the user's own is known only
+once built, so its pairs are planned as "at most".
+
+It estimates the minutes from rates measured on this machine: a short calibration (32 of the
+collection's own documents embedded, 32 of its (query, document) pairs scored, with each model
+on the run's device), remembered in the cache per machine, model and collection, so that it is
+measured once. Loading the models for it is not wasted: the run that follows finds them in the
+loaders' cache.
 
 The estimate is of the work that dominates (embedding, scoring, timing); what it leaves out
 (imports, BM25, searches, statistics) takes seconds. ``benchmarks/rerank_cost.py`` checks it
@@ -21,14 +25,22 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragkit.cache import Cache, digest
-from ragkit.evaluate import Pipeline, _deepest_reranked, _prepared, _run_depth, _run_key
+from ragkit.cache import Cache, PairScoreCache, digest
+from ragkit.evaluate import (
+    Pipeline,
+    _deepest_reranked,
+    _prepared,
+    _reranked_pairs,
+    _run_depth,
+    _run_key,
+)
 from ragkit.provenance import device_description, machine_state, model_state, now
 from ragkit.settings import LONG_RUN_MINUTES
 from ragkit.stages import StageContext, short_name
@@ -145,18 +157,22 @@ def plan(
         # The collection's mean passages per document, which the top k's mean is close to.
         return 1.0 if p.chunk_size is None else indexes[_index_key(p)].vectors / max(1, len(collection.corpus))
 
-    # Each reranker scores the pairs of its deepest k once (a k sweep shares them).
+    identities = _StageIdentities(collection, indexes)
+    # Each reranker scores the pairs of its deepest k once (a k sweep shares them), and a pair
+    # two first stages share once (planned holds the pairs of the pipelines planned so far).
+    planned: set[tuple[str | None, str]] = set()
     for p in _deepest_reranked(prepared.pipelines):
         label = p.reranker_family.label(p.reranker_model)  # type: ignore[union-attr]
         per_second, loaded = rates.scoring(p)
-        known = _known_pairs(collection, prepared, p, indexes) if use_cache else None
+        identity = identities.of(p.own_first_stage())
+        known = _known_pairs(collection, prepared, p, identity, planned) if use_cache else None
         if known is not None:  # the first stage's run is cached: its pairs are known
-            pairs, cached = known
-            what = (
-                f"score {pairs - cached:,} pairs with {label} ({cached:,} of its {pairs:,} are in the pair-score cache)"
-            )
-            out.steps.append(Step(what, _seconds(pairs - cached, per_second) + (loaded if pairs > cached else 0.0),
-                                  cached=pairs == cached, rate=_rate(per_second, "pairs")))  # fmt: skip
+            pairs, cached, shared = known
+            todo = pairs - cached - shared
+            what = f"score {todo:,} pairs with {label} ({cached:,} of its {pairs:,} are in the pair-score cache"
+            what += f", {shared:,} are scored first for another pipeline)" if shared else ")"
+            out.steps.append(Step(what, _seconds(todo, per_second) + (loaded if todo else 0.0), cached=todo == 0,
+                                  rate=_rate(per_second, "pairs")))  # fmt: skip
             continue
         per_doc = passages_per_document(p)
         pairs = round(n * min(p.k, out.n_documents) * per_doc)
@@ -180,30 +196,101 @@ def plan(
 
 
 def _known_pairs(
-    collection: Any, prepared: Any, p: Pipeline, indexes: dict[tuple[Any, ...], Any]
-) -> tuple[int, int] | None:
-    """The (query, document) pairs a reranked pipeline scores and how many of them the
-    pair-score cache holds, when its first stage's run is cached (a dense stage over whole
-    documents, whose identity the index state gives); else ``None``: the pairs are known only
-    once the first stage has run."""
-    first = p.own_first_stage()
-    if first.kind.name != "dense" or first.chunk_size is not None:
+    collection: Any,
+    prepared: Any,
+    p: Pipeline,
+    identity: tuple[str, tuple[str, ...]] | None,
+    planned: set[tuple[str | None, str]],
+) -> tuple[int, int, int] | None:
+    """The (query, text) pairs a reranked pipeline scores, when its first stage's run is cached
+    under the key the stage's ``identity`` (fingerprint, search mode) gives: how many, how many
+    of them the pair-score cache holds, and how many of the rest a pipeline planned before it
+    scores first (``planned``: the (reranker, pair) keys planned so far, to which this
+    pipeline's are added), since a run scores a pair once. ``None`` when the run is not cached
+    or the identity is not known: the pairs are known only once the first stage has run."""
+    if identity is None:
         return None
-    state = indexes[_index_key(first)]
+    first = p.own_first_stage()
     query_ids = sorted(collection.queries)
     texts = [collection.queries[q] for q in query_ids]
     depth = _run_depth(p, prepared.pipelines)
-    hits = prepared.cache.read("runs", _run_key(state.fingerprint, state.search_mode, query_ids, texts, depth))
+    hits = prepared.cache.read("runs", _run_key(*identity, query_ids, texts, depth))
     if hits is None:
         return None
-    reranker = _reranker(p, prepared.settings.device, prepared.settings.batch_size)
-    pairs = [(text, collection.text(d)) for text, ranked in zip(texts, hits) for d, _ in ranked[: p.k]]
+    # A stage over passages gives a reranker each document's passages as its index split them.
+    split = None
+    if first.chunk_size is not None:
+        from ragkit.passages import passage_splitter
+
+        split = passage_splitter(collection, chunk_size=first.chunk_size, chunk_overlap=first.chunk_overlap,
+                                 chunk_unit=first.chunk_unit, passage_score=first.passage_score,
+                                 embeddings=first.embedder)  # fmt: skip
+    pairs, _ = _reranked_pairs(p, hits, collection, query_ids, split)
+    model = _reranker(p, prepared.settings.device, prepared.settings.batch_size).fingerprint
+    keys = [PairScoreCache.pair_key(*pair) for pair in pairs]
     store = prepared.cache.pair_scores()
     try:
-        cached = len(store.get(reranker.fingerprint, [store.pair_key(q, t) for q, t in pairs]))
+        found = store.get(model, keys)
     finally:
         store.close()
-    return len(pairs), cached
+    # Counted by position, as the run scores them: a pair twice among one pipeline's is scored twice.
+    cached = sum(key in found for key in keys)
+    shared = sum(key not in found and (model, key) in planned for key in keys)
+    planned.update((model, key) for key in keys)
+    return len(pairs), cached, shared
+
+
+class _StageIdentities:
+    """The identity each first stage of a plan will have once built: its ``fingerprint`` and
+    ``search_mode`` (``ragkit.stages.FirstStage``), which its cached run and timings are keyed
+    by, computed without building it, and once per stage.
+
+    A dense stage's comes from its index's state, BM25's from the documents, a run file's from
+    its bytes, a hybrid's and a fusion's from their parts'. A stage of the user's own (or a
+    fusion with one) has ``None``: its fingerprint is the one its built stage gives, known only
+    once it is built."""
+
+    def __init__(self, collection: Any, indexes: dict[tuple[Any, ...], Any]):
+        self.collection, self.indexes = collection, indexes
+        self.known: dict[Pipeline, tuple[str, tuple[str, ...]] | None] = {}
+
+    def of(self, first: Pipeline) -> tuple[str, tuple[str, ...]] | None:
+        """The identity of the first stage ``first`` (a pipeline without a reranker) names."""
+        if first not in self.known:
+            self.known[first] = self._identity(first)
+        return self.known[first]
+
+    @functools.cached_property
+    def bm25(self) -> str:
+        """The BM25 stage's fingerprint (the collection's documents hashed, once)."""
+        from ragkit.retrievers import bm25_fingerprint
+
+        return bm25_fingerprint(self.collection.documents())
+
+    def _identity(self, first: Pipeline) -> tuple[str, tuple[str, ...]] | None:
+        from ragkit.fusion import Fusion
+        from ragkit.hybrid import hybrid_fingerprint
+        from ragkit.runfile import file_sha256, run_fingerprint
+
+        if isinstance(first.retriever, Fusion):
+            parts = [self.of(part.own_first_stage()) if isinstance(part, Pipeline) else None
+                     for part in first.retriever.parts]  # fmt: skip
+            known = [part for part in parts if part is not None]
+            fingerprint = first.retriever.stage_fingerprint([f for f, _ in known]) if len(known) == len(parts) else None
+            return None if fingerprint is None else (fingerprint, tuple(m for _, mode in known for m in mode))
+        fingerprint, mode = None, ()
+        if first.retriever in ("dense", "hybrid"):
+            # A hybrid's dense part is its embedder's index of whole documents, the same key.
+            state = self.indexes[_index_key(first)]
+            mode = state.search_mode
+            fingerprint = (state.fingerprint if first.retriever == "dense" else
+                           hybrid_fingerprint(state.fingerprint, self.bm25, first.fusion_weights))  # fmt: skip
+        elif first.retriever == "bm25":
+            fingerprint = self.bm25
+        elif first.retriever == "run":
+            fingerprint = run_fingerprint(file_sha256(first.run_file))  # type: ignore[arg-type]
+        # Else a stage of the user's own: its fingerprint is known once it is built.
+        return None if fingerprint is None else (fingerprint, mode)
 
 
 def _index_key(first: Pipeline) -> tuple[Any, ...]:

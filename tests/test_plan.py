@@ -1,12 +1,14 @@
-"""The plan before a run: what it will embed, score and time, what the cache already holds,
-an estimate from rates measured on this machine (measured once, then remembered), the same
-refusals as the run, and `ragkit eval --plan`, which prints it and writes nothing."""
+"""The plan before a run: what it will embed, score and time, what the cache already holds
+(indexes and pairs, for every kind of first stage), an estimate from rates measured on
+this machine (measured once, then remembered), the same refusals as the run, and
+`ragkit eval --plan`, which prints it and writes nothing."""
 
 from __future__ import annotations
 
 import pytest
+from test_stages import bm25_run_file
 
-from ragkit import Pipeline, experiment
+from ragkit import Fusion, Pipeline, experiment
 from ragkit.cli import main
 from ragkit.errors import ConfigError
 from ragkit.plan import plan
@@ -16,6 +18,25 @@ from ragkit.plan import plan
 def grid(tiny_embedder_path, tiny_cross_encoder_path):
     dense = Pipeline(embedder=tiny_embedder_path)
     return [dense, dense >> tiny_cross_encoder_path, Pipeline(embedder=tiny_embedder_path, chunk_size=150)]
+
+
+@pytest.fixture()
+def first_stages(tiny_embedder_path, demo, tmp_path):
+    """A first stage of each kind besides dense over whole documents: passages, BM25, the
+    hybrid, a run file, and a fusion of a passage stage, BM25 and the run file."""
+    passages = Pipeline(embedder=tiny_embedder_path, chunk_size=150)
+    bm25 = Pipeline(retriever="bm25")
+    run = Pipeline(retriever="run", run_file=bm25_run_file(demo, tmp_path / "bm25.trec", depth=100))
+    return {"passages": passages, "bm25": bm25, "hybrid": Pipeline(retriever="hybrid", embedder=tiny_embedder_path),
+            "run": run, "fusion": Pipeline(retriever=Fusion(passages, bm25, run))}  # fmt: skip
+
+
+def _scoring(planned):
+    return [s for s in planned.steps if s.what.startswith("score")]
+
+
+def _to_score(step) -> int:
+    return int(step.what.split()[1].replace(",", ""))
 
 
 def test_a_fresh_cache_plans_every_index_pair_and_timing(grid, demo, cache):
@@ -65,6 +86,41 @@ def test_once_the_first_stage_has_run_the_plan_knows_which_pairs_are_cached(grid
     total = len(demo.queries) * (k + 5)
     assert scoring.what.startswith(f"score {total - n:,} pairs with tiny-cross-encoder0 ({n:,} of its {total:,}")
     assert scoring.seconds > 0
+
+
+@pytest.mark.parametrize("kind", ["passages", "bm25", "hybrid", "run", "fusion"])
+def test_once_any_first_stage_has_run_the_plan_counts_the_pairs_it_scores(
+    kind, first_stages, demo, cache, tiny_cross_encoder_path, scored_pairs
+):
+    first = first_stages[kind]
+    reranked = first >> tiny_cross_encoder_path
+    # Before the first stage has run, its candidates are not known.
+    assert _scoring(plan(demo, [reranked], latency_queries=0))[0].what.startswith("score at most ")
+    experiment(demo, [first], latency_queries=0, show_progress=False, n_resamples=50)
+    [step] = _scoring(plan(demo, [reranked], latency_queries=0))
+    pairs = _to_score(step)
+    assert step.what.startswith(f"score {pairs:,} pairs with tiny-cross-encoder0 (0 of its {pairs:,} are in")
+    scored_pairs.clear()  # what the plan's calibration scored
+    experiment(demo, [reranked], latency_queries=0, show_progress=False, n_resamples=50)
+    assert pairs > 0 and sum(scored_pairs) == pairs
+    # Now every one of them is in the pair-score cache.
+    [again] = _scoring(plan(demo, [reranked], latency_queries=0))
+    assert again.what.startswith(f"score 0 pairs with tiny-cross-encoder0 ({pairs:,} of its {pairs:,} are in")
+    assert again.cached and again.seconds == 0
+
+
+def test_a_pair_two_first_stages_share_is_planned_once(first_stages, demo, cache, tiny_cross_encoder_path,
+                                                       scored_pairs):  # fmt: skip
+    firsts = [first_stages[kind] for kind in ("bm25", "hybrid", "run", "fusion")]
+    reranked = [first >> tiny_cross_encoder_path for first in firsts]
+    experiment(demo, firsts, latency_queries=0, show_progress=False, n_resamples=50)
+    steps = _scoring(plan(demo, reranked, latency_queries=0))
+    assert len(steps) == 4 and not any("at most" in s.what for s in steps)
+    # The run file holds BM25's rankings: its pairs are all BM25's, scored once.
+    assert any("are scored first for another pipeline" in s.what for s in steps)
+    scored_pairs.clear()
+    experiment(demo, reranked, latency_queries=0, show_progress=False, n_resamples=50)
+    assert sum(scored_pairs) == sum(_to_score(s) for s in steps)
 
 
 def test_rates_are_measured_once_per_machine_and_model(grid, demo, cache):
