@@ -3,10 +3,11 @@
 :func:`plan` lists the work of ``experiment(collection, pipelines, ...)``: the documents each
 dense index must embed (none when ragkit's cache holds the index), the (query, passage) pairs
 each reranker scores (exactly, less those in the pair-score cache, when the first stage's run is
-cached; else at most ``k`` per query), and the queries timed one at a time; or that the whole
-result is cached. What the caches hold is looked up under the keys the run uses, from each
-first stage's identity computed without building it; a stage of the user's own is known only
-once built, so its pairs are planned as "at most".
+cached; else at most ``k`` per query), and the queries timed one at a time (in the pipelines
+whose timings the latency cache does not hold); or that the whole result is cached. What the
+caches hold is looked up under the keys the run uses, from each first stage's identity
+computed without building it; a stage of the user's own is known only once built, so its
+pairs are planned as "at most" and its timings as not cached.
 
 It estimates the minutes from rates measured on this machine: a short calibration (32 of the
 collection's own documents embedded, 32 of its (query, document) pairs scored, with each model
@@ -36,6 +37,8 @@ from ragkit.cache import Cache, PairScoreCache, digest
 from ragkit.evaluate import (
     Pipeline,
     _deepest_reranked,
+    _latency_key,
+    _latency_problem,
     _prepared,
     _reranked_pairs,
     _run_depth,
@@ -181,17 +184,28 @@ def plan(
         what += "; those in the pair-score cache are not scored again)" if use_cache else ")"
         out.steps.append(Step(what, _seconds(pairs, per_second) + loaded, rate=_rate(per_second, "pairs")))
     timed = min(settings.latency_queries, n)
-    if timed > 0:
-        # Serving a query reranks its k candidates at about the pooled rate; a first stage's
-        # own search takes milliseconds.
-        seconds = 0.0
-        for p in prepared.pipelines:
+    # A run file's ranking alone (or a fusion's with one) has nothing to time here: it ran elsewhere.
+    served = [p for p in prepared.pipelines if p.reranker or _searched_here(p.own_first_stage())]
+    if timed > 0 and served:
+        query_ids = sorted(collection.queries)[:timed]
+        seconds, reused = 0.0, 0
+        for p in served:
+            if use_cache and p.cacheable and _timings_cached(prepared, p, identities.of(p.own_first_stage()),
+                                                             collection, query_ids):  # fmt: skip
+                reused += 1
+                continue
+            # Serving a query reranks its k candidates at about the pooled rate; a first
+            # stage's own search takes milliseconds.
             if p.reranker:
                 per_second, _ = rates.scoring(p)
                 seconds += _seconds(timed * min(p.k, out.n_documents) * passages_per_document(p), per_second)
-        out.steps.append(Step(f"time {timed} queries one at a time in each of "
-                              f"{len(prepared.pipelines)} pipelines (timings made before on this machine are reused)",
-                              seconds))  # fmt: skip
+        cached = reused == len(served)
+        timing = len(served) if cached else len(served) - reused
+        where = f"each of {timing} pipelines" if timing > 1 else "1 pipeline"
+        what = f"time {timed} queries one at a time in {where}"
+        if reused and not cached:
+            what += f" (the timings of the other {reused}, made before on this machine, are reused)"
+        out.steps.append(Step(what, seconds, cached=cached))
     return out
 
 
@@ -238,6 +252,18 @@ def _known_pairs(
     shared = sum(key not in found and (model, key) in planned for key in keys)
     planned.update((model, key) for key in keys)
     return len(pairs), cached, shared
+
+
+def _timings_cached(
+    prepared: Any, p: Pipeline, identity: tuple[str, tuple[str, ...]] | None, collection: Any, query_ids: list[str]
+) -> bool:
+    """Whether the run will reuse the timings of ``p`` on ``query_ids``: the latency cache holds
+    them under the key the run looks them up by, and they pass the run's check. ``False`` when
+    the first stage's ``identity`` is not known: then they are timed, or found, once it is built."""
+    if identity is None:
+        return False
+    key = _latency_key(p, *identity, collection, query_ids, prepared.settings)
+    return prepared.cache.read("latency", key, check=lambda saved: _latency_problem(saved, query_ids)) is not None
 
 
 class _StageIdentities:
@@ -296,6 +322,12 @@ class _StageIdentities:
 def _index_key(first: Pipeline) -> tuple[Any, ...]:
     """What decides a dense index: the embedder and how documents are split."""
     return first.embedder, first.chunk_size, first.chunk_overlap, first.chunk_unit, first.passage_score
+
+
+def _searched_here(first: Pipeline) -> bool:
+    """Whether a first stage's own search is timed here: not a run file's, nor a fusion's with
+    one (``FirstStage.timed_search`` is ``None``: the system ran elsewhere)."""
+    return all(part.kind.name != "run" for part in _parts(first))
 
 
 def _parts(first: Pipeline) -> list[Pipeline]:

@@ -1,5 +1,5 @@
 """The plan before a run: what it will embed, score and time, what the cache already holds
-(indexes and pairs, for every kind of first stage), an estimate from rates measured on
+(indexes, pairs and timings, for every kind of first stage), an estimate from rates measured on
 this machine (measured once, then remembered), the same refusals as the run, and
 `ragkit eval --plan`, which prints it and writes nothing."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from test_stages import bm25_run_file
 
-from ragkit import Fusion, Pipeline, experiment
+from ragkit import Fusion, Pipeline, Rerank, experiment
 from ragkit.cli import main
 from ragkit.errors import ConfigError
 from ragkit.plan import plan
@@ -69,8 +69,6 @@ def test_what_a_run_cached_is_planned_as_cached(grid, demo, cache):
 
 
 def test_once_the_first_stage_has_run_the_plan_knows_which_pairs_are_cached(grid, demo, cache):
-    from ragkit import Rerank
-
     experiment(demo, grid[:2], latency_queries=0, show_progress=False, n_resamples=50)
     k = grid[1].k
     # Another grid, the same candidates: every pair is in the pair-score cache.
@@ -121,6 +119,33 @@ def test_a_pair_two_first_stages_share_is_planned_once(first_stages, demo, cache
     scored_pairs.clear()
     experiment(demo, reranked, latency_queries=0, show_progress=False, n_resamples=50)
     assert sum(scored_pairs) == sum(_to_score(s) for s in steps)
+
+
+def test_timings_made_before_are_planned_as_cached(grid, first_stages, demo, cache, tiny_cross_encoder_path):
+    pipelines = grid[:2] + [first >> Rerank(tiny_cross_encoder_path, k=5) for first in first_stages.values()]
+    pipelines += [first_stages["hybrid"], first_stages["run"]]
+    result = experiment(demo, pipelines, latency_queries=2, show_progress=False, n_resamples=50)
+    # The pipelines the run timed: not a run file alone, nor a fusion with one (their systems ran elsewhere).
+    served = result.timings["pipeline"].nunique()
+    assert served < len(result.table)
+    # Another result (other resamples) over the same pipelines: every timing is reused.
+    again = plan(demo, pipelines, latency_queries=2)
+    timing = again.steps[-1]
+    assert timing.what == f"time 2 queries one at a time in each of {served} pipelines"
+    assert timing.cached and timing.seconds == 0
+    assert again.to_text().splitlines()[-1].endswith(": none, it is in the cache")
+    # One more query timed: nothing of it is cached.
+    more = plan(demo, pipelines, latency_queries=3).steps[-1]
+    assert more.what == f"time 3 queries one at a time in each of {served} pipelines"
+    assert not more.cached and more.seconds > 0
+    # One more pipeline: only it is timed.
+    deeper = grid[0] >> Rerank(tiny_cross_encoder_path, k=7)
+    one = plan(demo, [*pipelines, deeper], latency_queries=2).steps[-1]
+    assert one.what == (
+        f"time 2 queries one at a time in 1 pipeline (the timings of the other {served}, made before on this "
+        "machine, are reused)"
+    )
+    assert not one.cached and one.seconds > 0
 
 
 def test_rates_are_measured_once_per_machine_and_model(grid, demo, cache):
