@@ -54,6 +54,7 @@ _EXPORTS = {
     "PassageStage": "passages",
     "plan": "plan",
     "Plan": "plan",
+    "until_decided": "until_decided",
     "FirstStage": "stages",
     "Reranker": "stages",
     "PairScorer": "stages",
@@ -129,6 +130,7 @@ __all__ = [
     "reranking_retriever",
     "score_pairs",
     "write_report",
+    "until_decided",
 ]
 
 
@@ -179,3 +181,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
     from ragkit.runfile import RunFileStage, read_run
     from ragkit.settings import RunSettings
     from ragkit.stages import FirstStage, PairScorer, Reranker
+    from ragkit.until_decided import until_decided

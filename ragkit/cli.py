@@ -210,11 +210,9 @@ def _check_options(args: argparse.Namespace) -> None:
                               ("--budget", args.budget)):  # fmt: skip
             if value is not None:
                 raise ConfigError(f"{option} sets how a sequential run stops: add --until-decided, or leave it out.")
-    if not (math.isfinite(args.min_effect) and 0 < args.min_effect < 1):
-        raise ConfigError(
-            f"--min-effect must be above 0 and below 1 (a change of the leading measure, e.g. 0.01), got "
-            f"{args.min_effect}."
-        )
+    from ragkit.sequential import check_min_effect  # numpy only: no heavy import yet
+
+    check_min_effect(args.min_effect)
     if args.max_added_ms is not None:
         if not (math.isfinite(args.max_added_ms) and args.max_added_ms > 0):
             raise ConfigError(f"--max-added-ms must be a number of milliseconds above 0, got {args.max_added_ms}.")

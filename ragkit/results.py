@@ -31,6 +31,7 @@ from ragkit.cache import atomic_folder, check_writable
 from ragkit.errors import ConfigError, DataError
 from ragkit.measures import Run
 from ragkit.registry import reranker_kind
+from ragkit.sequential import check_min_effect
 from ragkit.settings import FIRST_STAGE_DEPTH, SIGNIFICANCE_LEVEL
 from ragkit.stats import changed_queries_to_reject
 
@@ -221,12 +222,12 @@ def _sequential(result: EvaluationResult) -> list[str]:
         f"decided: stopped after {len(rounds)} round{'s' * (len(rounds) != 1)}, {n} of {seq['available_queries']} "
         f"queries{split}, {seq['minutes']:.1f} minutes, because {_STOPPED[seq['stopped']]}{budget}. Each change of "
         f"{m} is judged by an anytime-valid {level} confidence sequence{together}, which may be read after every "
-        f"round; a gain worth having is one of at least {effect:g}."
+        f"round (its bounds are the nearest values it rules out); a gain worth having is one of at least {effect:g}."
     ]
     for name, decision in seq["decisions"].items():
         p = pipelines[name]
         low, high = decision["low"], decision["high"]
-        at = f"after {decision['queries']} queries (the sequence then {_number(low)} to {_number(high)})"
+        at = f"after {decision['queries']} queries (the sequence then between {_number(low)} and {_number(high)})"
         outcome = decision["outcome"]
         if outcome == "gain":
             what = f"a gain in {m}, shown {at}"
@@ -237,8 +238,8 @@ def _sequential(result: EvaluationResult) -> list[str]:
         elif outcome == "no gain worth having":
             what = f"no gain worth having: a change of {effect:g} or more in {m}, either way, is ruled out {at}"
         else:
-            what = (f"undecided after all {n} queries: the sequence, {_number(low)} to {_number(high)}, still spans 0 "
-                    f"and reaches above {effect:g}")  # fmt: skip
+            what = (f"undecided after all {n} queries: the sequence, between {_number(low)} and {_number(high)}, "
+                    f"still holds 0 and a change of {effect:g} or more, one way or the other")  # fmt: skip
         sentences.append(f"Reranking the top {p['k']} of {seq['first_stage'][name]} with {p['reranker']}: {what}.")
     sentences.append(
         "The fixed-sample statistics that follow are over the same queries, but how many there are was chosen by "
@@ -579,8 +580,8 @@ class EvaluationResult:
 
             print(result.asking(min_effect=0.01, max_added_ms=200).verdict())
         """
-        if min_effect is not None and not 0 < min_effect < 1:
-            raise ConfigError(f"--min-effect must be above 0 and below 1 (e.g. 0.01), got {min_effect}.")
+        if min_effect is not None:
+            check_min_effect(min_effect)
         if max_added_ms is not None and not (np.isfinite(max_added_ms) and max_added_ms > 0):
             raise ConfigError(f"--max-added-ms must be a number of milliseconds above 0, got {max_added_ms}.")
         question = {k: v for k, v in (("min_effect", min_effect), ("max_added_ms", max_added_ms)) if v is not None}

@@ -47,6 +47,10 @@ def confidence_sequence(
     ``deltas``, one pair after each observation, in the order given; every bound holds at every
     time at once (so the sequence may be looked at after each observation).
 
+    The candidate means are 0.001 apart (on [-1, 1]); each bound is the nearest candidate
+    *outside* the sequence (or an end of the range), so the mean lies strictly between them: a
+    lower bound of exactly 0 means that 0 itself has been ruled out.
+
     Args:
         deltas: per-query changes, each within ``bounds``.
         alpha: the probability that the sequence ever misses the mean.
@@ -80,7 +84,9 @@ def confidence_sequence(
     upper = np.where(any_kept, inner[last] + step, 1.0)
     lower, upper = np.maximum.accumulate(np.clip(lower, 0, 1)), np.minimum.accumulate(np.clip(upper, 0, 1))
     upper = np.maximum(upper, lower)  # an empty intersection (probability <= alpha): keep a point
-    return lo + (hi - lo) * lower, lo + (hi - lo) * upper
+    # On the grid of candidates exactly, so that a bound at 0 is 0 and not a rounding error.
+    places = int(np.ceil(-np.log10((hi - lo) / (GRID - 1)))) + 3
+    return np.round(lo + (hi - lo) * lower, places), np.round(lo + (hi - lo) * upper, places)
 
 
 def log_wealth(y: np.ndarray, means: np.ndarray, *, alpha: float = 0.05) -> np.ndarray:
@@ -105,6 +111,20 @@ def log_wealth(y: np.ndarray, means: np.ndarray, *, alpha: float = 0.05) -> np.n
     return np.maximum(log_up, log_down) + np.log(0.5)
 
 
+def check_min_effect(min_effect: float) -> float:
+    """``min_effect`` if it is a change of a [0, 1] measure worth having: above 0, below 1.
+
+    Raises:
+        ConfigError: otherwise, naming ``--min-effect``.
+    """
+    if isinstance(min_effect, bool) or not isinstance(min_effect, (int, float)) or not 0 < min_effect < 1:
+        raise ConfigError(
+            f"--min-effect must be above 0 and below 1 (the smallest change of the leading measure worth having, "
+            f"e.g. 0.01), got {min_effect!r}."
+        )
+    return float(min_effect)
+
+
 @dataclass(frozen=True)
 class Decision:
     """Where a sequential evaluation of one comparison stands.
@@ -114,7 +134,7 @@ class Decision:
             ``"no gain worth having"`` (it lies inside ``(-min_effect, min_effect)``) or
             ``"undecided"`` (none yet).
         queries: the observations it took (all of them when undecided).
-        low, high: the sequence's bounds then.
+        low, high: the sequence's bounds then (outside it: the mean lies strictly between).
     """
 
     outcome: str
@@ -133,20 +153,19 @@ def decide(deltas: np.ndarray | list[float], *, min_effect: float, alpha: float 
         >>> decide([0.3] * 200, min_effect=0.01).outcome
         'gain'
     """
-    if not 0 < min_effect < 1:
-        raise ConfigError(
-            f"min_effect (--min-effect) must be above 0 and below 1 (a change of nDCG@10, e.g. 0.01), got {min_effect}."
-        )
+    check_min_effect(min_effect)
     low, high = confidence_sequence(deltas, alpha=alpha)
     for i, (lo, hi) in enumerate(zip(low, high)):
-        if lo > 0:
+        # The bounds lie outside the sequence: one at 0 has ruled 0 out, one at min_effect
+        # has ruled out changes of min_effect and beyond.
+        if lo >= 0:
             return Decision("gain", i + 1, float(lo), float(hi))
-        if hi < 0:
+        if hi <= 0:
             return Decision("loss", i + 1, float(lo), float(hi))
-        if -min_effect < lo and hi < min_effect:
+        if -min_effect <= lo and hi <= min_effect:
             return Decision("no gain worth having", i + 1, float(lo), float(hi))
     n = len(low)
     return Decision("undecided", n, float(low[-1]) if n else -1.0, float(high[-1]) if n else 1.0)
 
 
-__all__ = ["Decision", "confidence_sequence", "decide"]
+__all__ = ["Decision", "check_min_effect", "confidence_sequence", "decide"]

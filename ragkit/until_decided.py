@@ -51,8 +51,9 @@ from ragkit.data import BeirCollection, QuerySample
 from ragkit.errors import ConfigError
 from ragkit.evaluate import Pipeline, _prepared, concatenate, experiment, pool
 from ragkit.measures import bounded
+from ragkit.plan import plan
 from ragkit.results import EvaluationResult
-from ragkit.sequential import confidence_sequence, decide
+from ragkit.sequential import check_min_effect, confidence_sequence, decide
 from ragkit.settings import (
     DEFAULT_MEASURES,
     LATENCY_QUERIES,
@@ -145,11 +146,7 @@ def until_decided(
     names = [c.name for c in collections]
     if not collections or len(set(names)) != len(names):
         raise ConfigError(f"until_decided() needs one or more collections, each once; got {names}.")
-    if not 0 < min_effect < 1:
-        raise ConfigError(
-            f"--min-effect must be above 0 and below 1 (a change of the leading measure, e.g. {MIN_EFFECT}), "
-            f"got {min_effect}."
-        )
+    check_min_effect(min_effect)
     leading = str(list(measures)[0]) if measures else ""
     if leading and not bounded(leading):
         raise ConfigError(
@@ -187,8 +184,6 @@ def until_decided(
         return 0 if chunk.sample.parent in timed else latency_queries  # type: ignore[union-attr]
 
     def estimate(number: int) -> float:
-        from ragkit.plan import plan
-
         return sum(plan(c, pipelines, use_cache=use_cache, latency_queries=latency_for(c), **run_options).minutes
                    for c in chunks(number))  # fmt: skip
 
