@@ -6,7 +6,9 @@ any work."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,8 +174,6 @@ def test_the_command_runs_until_decided_and_writes_a_report_with_its_sequence(
     assert "Within 100000 ms a query on" in text  # the budget sentence, and the table's mark
     assert "<= 100000" in printed.out
     assert (out / "sequence.png").stat().st_size > 0 and "sequence.png" in (out / "summary.md").read_text()
-    import json
-
     stored = json.loads((out / "results.json").read_text())["meta"]
     assert stored["sequential"]["stopped"] in ("decided", "every query evaluated")
     assert stored["question"] == {"min_effect": 0.99, "max_added_ms": 100000.0}
@@ -202,3 +202,42 @@ def test_the_command_refuses_bad_sequential_options_before_any_work(args, says, 
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("ragkit: error:") and says in " ".join(err.split())
     assert not (tmp_path / "new").exists() and not cache.exists()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "benchmarks" / "results" / "sequential"
+
+
+def test_what_the_readme_and_docs_say_of_the_committed_sequential_run_is_what_it_stored():
+    """``benchmarks/sequential.py`` ran the default comparison sequentially over SciFact and
+    NFCorpus; the README quotes where it stopped, and its decision recomputes from the per-query
+    changes it stored, in the order it drew them."""
+    meta = json.loads((COMMITTED / "results.json").read_text())["meta"]
+    seq = meta["sequential"]
+    ((name, deltas),) = seq["deltas"].items()
+    decision = seq["decisions"][name]
+    assert decide(deltas, min_effect=seq["min_effect"], alpha=seq["level"]).__dict__ == decision
+    assert len(deltas) == len(seq["order"]) == meta["n_queries"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"a {decision['outcome']} after {decision['queries']} queries" in readme
+    assert f"between {decision['low']:+.3f} and {decision['high']:+.3f}" in readme
+    assert f"stopped after {len(seq['order'])} of the {seq['available_queries']} queries" in readme
+    assert f"{seq['minutes']:.0f} minutes on 2 CPU cores" in readme
+    design = json.loads((ROOT / "benchmarks" / "results" / "sequential-cpu.json").read_text())
+    assert design["stopped"]["queries"] == len(seq["order"]) and design["stopped"]["decisions"] == seq["decisions"]
+    (null,) = [row for row in design["tables"]["null"] if row["declared"] == "a gain"]
+    assert null["95% CI high"] < 0.05  # the design's false gains, simulated on these changes
+
+
+def test_the_methodology_page_quotes_the_committed_simulations():
+    design = json.loads((ROOT / "benchmarks" / "results" / "sequential-cpu.json").read_text())
+    page = " ".join((ROOT / "docs" / "methodology.md").read_text().split())
+    (null,) = [row for row in design["tables"]["null"] if row["declared"] == "a gain"]
+    (observed,) = design["tables"]["observed"]
+    assert f"{null['simulations']:,} runs" in page and f"{null['times']} declared a gain" in page
+    assert f"0.0% to {null['95% CI high']:.1%}" in page
+    assert f"half by {observed['median queries to a gain']:.0f} queries" in page
+    assert f"80% by {observed['queries by which 80% decided a gain']:.0f}" in page
+    assert f"against {observed['fixed-n queries for 80% power']:.0f} for a fixed-n" in page
+    stopped = design["stopped"]
+    assert f"{stopped['queries']} of the 623 queries" in page and f"{stopped['minutes']:.1f} minutes" in page
