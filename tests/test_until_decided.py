@@ -106,7 +106,9 @@ def test_several_collections_are_drawn_in_one_order_and_pooled(cache, demo, rera
 
 
 def test_it_stops_before_a_round_that_would_overrun_the_budget(cache, demo, reranked, monkeypatch):
-    import ragkit.until_decided as module
+    import importlib
+
+    module = importlib.import_module("ragkit.until_decided")  # not ragkit.until_decided, the function
 
     class Clock:  # every reading ten minutes later: the first round "takes" far more than 15
         now = 0.0
@@ -174,6 +176,9 @@ def test_the_command_runs_until_decided_and_writes_a_report_with_its_sequence(
     assert "Within 100000 ms a query on" in text  # the budget sentence, and the table's mark
     assert "<= 100000" in printed.out
     assert (out / "sequence.png").stat().st_size > 0 and "sequence.png" in (out / "summary.md").read_text()
+    from ragkit.report import REPORT_LAYOUT
+
+    assert {p.name: p.is_dir() for p in out.iterdir()} == REPORT_LAYOUT  # what a report may hold, all of it
     stored = json.loads((out / "results.json").read_text())["meta"]
     assert stored["sequential"]["stopped"] in ("decided", "every query evaluated")
     assert stored["question"] == {"min_effect": 0.99, "max_added_ms": 100000.0}
