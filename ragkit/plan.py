@@ -7,7 +7,9 @@ cached; else at most ``k`` per query), and the queries timed one at a time (in t
 whose timings the latency cache does not hold); or that the whole result is cached. What the
 caches hold is looked up under the keys the run uses, from each first stage's identity
 computed without building it; a stage of the user's own is known only once built, so its
-pairs are planned as "at most" and its timings as not cached.
+pairs are planned as "at most" and its timings as not cached. With ``engine="langchain"`` every
+reranked pipeline scores all of its pairs (query by query, past the pair-score cache), and is
+planned so.
 
 It estimates the minutes from rates measured on this machine: a short calibration (32 of the
 collection's own documents embedded, 32 of its (query, document) pairs scored, with each model
@@ -164,7 +166,17 @@ def plan(
     # Each reranker scores the pairs of its deepest k once (a k sweep shares them), and a pair
     # two first stages share once (planned holds the pairs of the pipelines planned so far).
     planned: set[tuple[str | None, str]] = set()
-    for p in _deepest_reranked(prepared.pipelines):
+    if settings.engine == "langchain":
+        # LangChain's retrievers rerank query by query, each pipeline on its own and past the
+        # pair-score cache: every reranked pipeline scores all of its pairs.
+        for p in (p for p in prepared.pipelines if p.reranker):
+            label = p.reranker_family.label(p.reranker_model)  # type: ignore[union-attr]
+            per_second, loaded = rates.scoring(p)
+            pairs = n * min(p.k, out.n_documents)
+            what = (f"score {pairs:,} pairs with {label} ({n} queries x k={p.k}, query by query through LangChain's "
+                    "retriever, which reads no pair-score cache)")  # fmt: skip
+            out.steps.append(Step(what, _seconds(pairs, per_second) + loaded, rate=_rate(per_second, "pairs")))
+    for p in _deepest_reranked(prepared.pipelines) if settings.engine == "batched" else []:
         label = p.reranker_family.label(p.reranker_model)  # type: ignore[union-attr]
         per_second, loaded = rates.scoring(p)
         identity = identities.of(p.own_first_stage())

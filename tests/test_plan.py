@@ -185,3 +185,27 @@ def test_cli_plan_prints_the_plan_and_writes_nothing(tiny_embedder_path, tiny_cr
     assert printed.startswith("demo: about ") and "- embed 40 documents with model" in printed
     assert "score at most 160 pairs with tiny-cross-encoder0" in printed
     assert not out.exists() and not (cache / "results").exists()
+
+
+def test_the_langchain_engine_is_planned_to_score_every_pipelines_pairs(grid, demo, cache, monkeypatch):
+    # LangChain's retrievers rerank query by query, each pipeline on its own, and read no
+    # pair-score cache: what a batched run cached before does not count, nor does a k sweep share.
+    dense, reranked = grid[0], grid[1]
+    shallow = dense >> Rerank(reranked.reranker, k=5)
+    experiment(demo, [dense, reranked, shallow], latency_queries=0, show_progress=False, n_resamples=50)
+    steps = _scoring(plan(demo, [dense, reranked, shallow], engine="langchain", latency_queries=0))
+    assert [_to_score(s) for s in steps] == [len(demo.queries) * reranked.k, len(demo.queries) * 5]
+    assert all("reads no pair-score cache" in s.what and not s.cached for s in steps)
+    # What LangChain's cross-encoder scores: every pair goes through sentence-transformers' predict.
+    from sentence_transformers import CrossEncoder
+
+    scored, predict = [], CrossEncoder.predict
+
+    def counted(self, pairs, *args, **kwargs):
+        scored.append(len(pairs))
+        return predict(self, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(CrossEncoder, "predict", counted)
+    experiment(demo, [dense, reranked, shallow], engine="langchain", latency_queries=0, show_progress=False,
+               n_resamples=50, use_cache=False)  # fmt: skip
+    assert sum(scored) == sum(_to_score(s) for s in steps)
