@@ -199,12 +199,11 @@ def _check_options(args: argparse.Namespace) -> None:
                 )
         if args.max_queries == 0:  # 'all', as for --queries
             args.max_queries = None
-        if args.max_queries is not None and args.max_queries < 1:
-            raise ConfigError(f"--max-queries must be a number of queries or 'all', got {args.max_queries}.")
         if args.round_queries is not None:
-            _positive("--round-queries", [args.round_queries])
-        if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
-            raise ConfigError(f"--budget must be a number of minutes above 0, got {args.budget}.")
+            _positive("--round-queries", [args.round_queries])  # as --k and the other counts say it
+        from ragkit.sequential import check_rounds  # numpy only: no heavy import yet
+
+        check_rounds(args.round_queries, args.max_queries, args.budget)
     else:
         for option, value in (("--max-queries", args.max_queries), ("--round-queries", args.round_queries),
                               ("--budget", args.budget)):  # fmt: skip
@@ -276,14 +275,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
     measures = [str(m) for m in parse_measures(args.measures)]
     if args.until_decided:
-        from ragkit.measures import bounded
+        from ragkit.measures import check_bounded
 
-        if not bounded(measures[0]):
-            raise ConfigError(
-                f"--measures: a sequential run decides on the first measure, and {measures[0]} has no known bounds "
-                "(its confidence sequence needs per-query values in [0, 1]). Put nDCG@10, RR@10, R@100, P@k or AP "
-                "first."
-            )
+        check_bounded(measures[0])
     embedders = [_check_model(e, "embedder") for e in args.embedders if e.lower() != "none"]
     rerankers = [None if r.lower() == "none" else _check_reranker(r) for r in args.rerankers]
     output = check_writable(args.output, REPORT_LAYOUT)  # fail now, not after minutes of scoring
@@ -382,15 +376,20 @@ def evaluate(args: argparse.Namespace) -> int:
         for result in results:
             print(f"\n{result.meta['collection']}:\n{result.verdict(width=width)}")
         print(f"\npooled over {len(results)} collections, {final.meta['n_queries']} queries:")
+    where = "" if len(results) == 1 else " and one folder per collection"
+    _show(final, width, f"Report written to {output}/{where} (summary.md, results.csv, results.json, per_query.csv, "
+                        "runs/, plots)")  # fmt: skip
+    return 0
+
+
+def _show(final, width: int, written: str) -> None:
+    """The end of every evaluation's output: the verdict, the table, where the report went."""
     print()
     print(final.verdict(width=width))
     print()
     print(final.format_table(width=width))
-    where = "" if len(results) == 1 else " and one folder per collection"
     print()
-    print(textwrap.fill(f"Report written to {output}/{where} (summary.md, results.csv, results.json, per_query.csv, "
-                        "runs/, plots)", width))  # fmt: skip
-    return 0
+    print(textwrap.fill(written, width))
 
 
 def _sequential(
@@ -433,13 +432,8 @@ def _sequential(
                                use_cache=not args.no_cache, on_round=report, **common)  # fmt: skip
     final = result.asking(min_effect=args.min_effect, max_added_ms=args.max_added_ms)
     write_report(final, output)
-    print()
-    print(final.verdict(width=width))
-    print()
-    print(final.format_table(width=width))
-    print()
-    print(textwrap.fill(f"Report written to {output}/ (summary.md, sequence.png, results.csv, results.json, "
-                        "per_query.csv, runs/, plots)", width))  # fmt: skip
+    _show(final, width, f"Report written to {output}/ (summary.md, sequence.png, results.csv, results.json, "
+                        "per_query.csv, runs/, plots)")  # fmt: skip
     return 0
 
 

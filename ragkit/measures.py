@@ -86,6 +86,20 @@ def bounded(name: str) -> bool:
     return parse_measures([name])[0].NAME in BOUNDED
 
 
+def check_bounded(name: str) -> None:
+    """That a sequential evaluation can decide on the measure ``name``: its per-query values
+    lie in [0, 1] (:func:`bounded`).
+
+    Raises:
+        ConfigError: otherwise, naming ``--measures``.
+    """
+    if not bounded(name):
+        raise ConfigError(
+            f"--measures: a sequential evaluation decides on the first measure, and {name} has no known bounds "
+            "(its confidence sequence needs per-query values in [0, 1]). Put nDCG@10, RR@10, R@100, P@k or AP first."
+        )
+
+
 def _float32(score: float) -> float:
     """``score`` as the nearest 32-bit float, subnormals as 0 (a scorer that flushes them to
     zero would read two of them as a tie)."""

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,8 +154,13 @@ def decide(deltas: np.ndarray | list[float], *, min_effect: float, alpha: float 
         >>> decide([0.3] * 200, min_effect=0.01).outcome
         'gain'
     """
+    return decision(*confidence_sequence(deltas, alpha=alpha), min_effect=min_effect)
+
+
+def decision(low: np.ndarray, high: np.ndarray, *, min_effect: float) -> Decision:
+    """:func:`decide` on bounds already computed by :func:`confidence_sequence` (a caller
+    that needs both computes the sequence once)."""
     check_min_effect(min_effect)
-    low, high = confidence_sequence(deltas, alpha=alpha)
     for i, (lo, hi) in enumerate(zip(low, high)):
         # The bounds lie outside the sequence: one at 0 has ruled 0 out, one at min_effect
         # has ruled out changes of min_effect and beyond.
@@ -168,4 +174,18 @@ def decide(deltas: np.ndarray | list[float], *, min_effect: float, alpha: float 
     return Decision("undecided", n, float(low[-1]) if n else -1.0, float(high[-1]) if n else 1.0)
 
 
-__all__ = ["Decision", "check_min_effect", "confidence_sequence", "decide"]
+def check_rounds(round_queries: int | None, max_queries: int | None, budget_minutes: float | None) -> None:
+    """That a sequential evaluation's limits are usable: whole numbers of queries of at least 1,
+    a budget of minutes above 0 (``None``: the default, or no limit).
+
+    Raises:
+        ConfigError: otherwise, naming the option.
+    """
+    for option, value in (("--round-queries", round_queries), ("--max-queries", max_queries)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{option} must be a whole number of at least 1, got {value!r}.")
+    if budget_minutes is not None and not (math.isfinite(budget_minutes) and budget_minutes > 0):
+        raise ConfigError(f"--budget must be a number of minutes above 0, got {budget_minutes}.")
+
+
+__all__ = ["Decision", "check_min_effect", "check_rounds", "confidence_sequence", "decide", "decision"]

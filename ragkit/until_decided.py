@@ -50,10 +50,10 @@ import numpy as np
 from ragkit.data import BeirCollection, QuerySample
 from ragkit.errors import ConfigError
 from ragkit.evaluate import Pipeline, _prepared, concatenate, experiment, pool
-from ragkit.measures import bounded
+from ragkit.measures import check_bounded
 from ragkit.plan import plan
 from ragkit.results import EvaluationResult
-from ragkit.sequential import check_min_effect, confidence_sequence, decide
+from ragkit.sequential import Decision, check_min_effect, check_rounds, confidence_sequence, decision
 from ragkit.settings import (
     DEFAULT_MEASURES,
     LATENCY_QUERIES,
@@ -147,17 +147,9 @@ def until_decided(
     if not collections or len(set(names)) != len(names):
         raise ConfigError(f"until_decided() needs one or more collections, each once; got {names}.")
     check_min_effect(min_effect)
-    leading = str(list(measures)[0]) if measures else ""
-    if leading and not bounded(leading):
-        raise ConfigError(
-            f"--measures: a sequential evaluation decides on the first measure, and {leading} has no known bounds "
-            "(its confidence sequence needs per-query values in [0, 1]). Put nDCG@10, RR@10, R@100, P@k or AP first."
-        )
-    for option, value in (("--round-queries", round_queries), ("--max-queries", max_queries)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{option} must be a whole number of at least 1, got {value!r}.")
-    if budget_minutes is not None and not budget_minutes > 0:
-        raise ConfigError(f"--budget must be a number of minutes above 0, got {budget_minutes}.")
+    if measures:  # (none given: _prepared below says so)
+        check_bounded(str(list(measures)[0]))
+    check_rounds(round_queries, max_queries, budget_minutes)
     run_options = {"measures": measures, "n_resamples": n_resamples, **options}
     # Everything the rounds would refuse, refused now: the grid, its models and run files, on
     # every collection whole.
@@ -199,6 +191,7 @@ def until_decided(
     results: dict[str, list[EvaluationResult]] = {name: [] for name in names}
     deltas: dict[str, list[float]] = {name: [] for name in compared}
     done: list[Round] = []
+    decisions: dict[str, Decision] = {}
     stopped = "every query evaluated" if available == len(order) else "max queries"
     for number in range(1, len(rounds) + 1):
         elapsed = (time.perf_counter() - start) / 60
@@ -219,10 +212,11 @@ def until_decided(
         for name in compared:
             deltas[name] += [float(wide[c].loc[q, name] - wide[c].loc[q, first_stage[name]])
                              for c, q in rounds[number - 1]]  # fmt: skip
-        bounds = {}
-        for name in compared:
+        bounds, decisions = {}, {}
+        for name in compared:  # the sequence once per round: its last bounds, and where it decided
             low, high = confidence_sequence(deltas[name], alpha=level)
             bounds[name] = (float(low[-1]), float(high[-1]))
+            decisions[name] = decision(low, high, min_effect=min_effect)
         evaluated_so_far = [q for r in rounds[:number] for q in r]
         done.append(Round(
             number=number,
@@ -233,7 +227,7 @@ def until_decided(
         ))  # fmt: skip
         if on_round is not None:
             on_round(done[-1])
-        if all(decide(deltas[name], min_effect=min_effect, alpha=level).outcome != "undecided" for name in compared):
+        if all(d.outcome != "undecided" for d in decisions.values()):
             stopped = "decided"
             break
     used = [q for r in rounds[: len(done)] for q in r]
@@ -259,7 +253,7 @@ def until_decided(
         "order": [[c, q] for c, q in used],
         "deltas": deltas,
         "first_stage": first_stage,
-        "decisions": {name: asdict(decide(deltas[name], min_effect=min_effect, alpha=level)) for name in compared},
+        "decisions": {name: asdict(d) for name, d in decisions.items()},
         "rounds": [asdict(r) for r in done],
     }
     return final
