@@ -816,31 +816,20 @@ def pool(results: Sequence[EvaluationResult], *, n_resamples: int = N_RESAMPLES,
         ignore_index=True,
     )
     per_query = per_query[per_query["measure"].isin(measures)].reset_index(drop=True)
-    first_stages = {n: f for n, f in results[0].table["first_stage"].items() if isinstance(f, str)}
-    table = aggregate(per_query, names, baseline=results[0].baseline, first_stages=first_stages, measures=measures,
-                      n_resamples=n_resamples, seed=seed)  # fmt: skip
-    truncation = _pooled_truncation(results, table)
     timings = pd.concat(
         [r.timings.assign(query_id=r.meta["collection"] + "/" + r.timings["query_id"]) for r in results],
         ignore_index=True,
     )
-    meta = dict(results[0].meta)
     collections = [r.meta["collection"] for r in results]
-    meta.update(
+    return _joined(
+        results, per_query, timings, measures=measures, runs={}, n_resamples=n_resamples, seed=seed,
         collection=" + ".join(collections) + " (pooled)",
         split=", ".join(sorted({r.meta["split"] for r in results})),
         is_subset=any(r.meta["is_subset"] for r in results),
         collection_summary="pooled over " + "; ".join(r.meta["collection_summary"].split("\n")[0] for r in results),
-        n_queries=sum(r.meta["n_queries"] for r in results),
         n_docs=sum(r.meta["n_docs"] for r in results),
-        measures=measures,
         pooled=[{"collection": c, "n_queries": r.meta["n_queries"]} for c, r in zip(collections, results)],
-        truncated_pairs=truncation,
-        latency_measured={n: t for r in results for n, t in r.meta.get("latency_measured", {}).items()},
-        reused_result=all(r.meta.get("reused_result") for r in results),
-    )
-    return EvaluationResult(table=table, per_query=per_query, latency=_latency_table(_timing_rows(timings)), runs={},
-                            meta=meta, timings=timings)  # fmt: skip
+    )  # fmt: skip
 
 
 def concatenate(
@@ -863,31 +852,50 @@ def concatenate(
     ids = [q for r in results for q in r.per_query["query_id"].unique()]
     if any(list(r.table.index) != names for r in results) or len(set(ids)) != len(ids):
         raise ConfigError("Only results of the same pipelines on disjoint sets of queries can be put together.")
-    per_query = pd.concat([r.per_query for r in results], ignore_index=True)
-    first_stages = {n: f for n, f in results[0].table["first_stage"].items() if isinstance(f, str)}
-    table = aggregate(per_query, names, baseline=results[0].baseline, first_stages=first_stages,
-                      measures=results[0].measures, n_resamples=n_resamples, seed=seed)  # fmt: skip
-    truncation = _pooled_truncation(results, table)
-    timings = pd.concat([r.timings for r in results], ignore_index=True)
     throughput: dict[str, dict[str, Any]] = {}
     for r in results:  # the passes that scored every pair of their queries, added up
         for name, t in r.meta.get("throughput", {}).items():
             total = throughput.setdefault(name, {"pairs": 0, "queries": 0, "seconds": 0.0})
             total.update(pairs=total["pairs"] + t["pairs"], queries=total["queries"] + t["queries"],
                          seconds=total["seconds"] + t["seconds"], measured=t["measured"])  # fmt: skip
-    meta = dict(results[0].meta)
-    meta.update(
-        collection=collection,
-        collection_summary=summary,
+    runs = {name: {q: hits for r in results for q, hits in r.runs[name].items()} for name in names}
+    return _joined(
+        results, pd.concat([r.per_query for r in results], ignore_index=True),
+        pd.concat([r.timings for r in results], ignore_index=True), measures=results[0].measures, runs=runs,
+        n_resamples=n_resamples, seed=seed, collection=collection, collection_summary=summary, throughput=throughput,
+    )  # fmt: skip
+
+
+def _joined(
+    results: Sequence[EvaluationResult],
+    per_query: pd.DataFrame,
+    timings: pd.DataFrame,
+    *,
+    measures: Sequence[str],
+    runs: dict[str, Run],
+    n_resamples: int,
+    seed: int,
+    **meta: Any,
+) -> EvaluationResult:
+    """Results over disjoint queries (``pool``, ``concatenate``) as one, from their per-query
+    scores and timings put together: the table aggregated afresh, truncation pair-weighted,
+    latency over every query timed (``measures``: the table's, in the meta too); the first
+    result's ``meta``, with what they add up to and ``meta`` given."""
+    first_stages = {n: f for n, f in results[0].table["first_stage"].items() if isinstance(f, str)}
+    table = aggregate(per_query, list(results[0].table.index), baseline=results[0].baseline,
+                      first_stages=first_stages, measures=list(measures), n_resamples=n_resamples,
+                      seed=seed)  # fmt: skip
+    joined = dict(results[0].meta)
+    joined.update(
+        measures=list(measures),
         n_queries=sum(r.meta["n_queries"] for r in results),
-        truncated_pairs=truncation,
-        throughput=throughput,
+        truncated_pairs=_pooled_truncation(results, table),
         latency_measured={n: t for r in results for n, t in r.meta.get("latency_measured", {}).items()},
         reused_result=all(r.meta.get("reused_result") for r in results),
+        **meta,
     )
-    runs = {name: {q: hits for r in results for q, hits in r.runs[name].items()} for name in names}
     return EvaluationResult(table=table, per_query=per_query, latency=_latency_table(_timing_rows(timings)),
-                            runs=runs, meta=meta, timings=timings)  # fmt: skip
+                            runs=runs, meta=joined, timings=timings)  # fmt: skip
 
 
 def _pooled_truncation(results: Sequence[EvaluationResult], table: pd.DataFrame) -> dict[str, dict[str, Any]]:
